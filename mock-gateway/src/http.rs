@@ -1,0 +1,239 @@
+//! Routes, request validation and the charge flow.
+
+use crate::config::{Behaviour, BehaviourPatch};
+use crate::store::{Charge, ChargeStatus, Claim};
+use crate::Gateway;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::from_fn;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use shared::telemetry::{healthz, readiness, render_metrics, track_http, Check};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub fn app(gateway: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
+    describe_metrics();
+    let api = Router::new()
+        .route("/v1/charges", post(create_charge))
+        .route("/v1/charges/{idempotency_key}", get(get_charge))
+        .route("/v1/stats", get(stats))
+        .route("/v1/admin/behaviour", get(get_behaviour).put(put_behaviour))
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(|| async { readiness(vec![Check::ok("gateway")]) }),
+        )
+        .with_state(gateway);
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .with_state(metrics)
+        .merge(api)
+        .layer(from_fn(track_http))
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "gateway_charge_requests_total",
+        "Charge requests answered, by result: succeeded, declined, unavailable, replayed, \
+         in_progress (same key being processed) or reused (same key, different charge)."
+    );
+    metrics::describe_histogram!(
+        "gateway_charge_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer a charge request, simulated latency included, by result."
+    );
+}
+
+#[derive(Debug, Deserialize)]
+struct ChargeRequest {
+    amount: i64,
+    currency: String,
+    merchant_id: String,
+    reference: Option<String>,
+}
+
+impl ChargeRequest {
+    fn validate(&self) -> Result<(), &'static str> {
+        if self.amount <= 0 {
+            Err("amount must be positive")
+        } else if self.currency.is_empty() || self.merchant_id.is_empty() {
+            Err("currency and merchant_id must not be empty")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether a stored charge answers this request; the reference is a free-form note
+    /// and does not count.
+    fn matches(&self, charge: &Charge) -> bool {
+        self.amount == charge.amount
+            && self.currency == charge.currency
+            && self.merchant_id == charge.merchant_id
+    }
+}
+
+/// How a well-formed charge request ended.
+enum Outcome {
+    Charged(Charge),
+    Replayed(Charge),
+    Unavailable,
+    InProgress,
+    Reused,
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Charged(c) if c.status == ChargeStatus::Declined => "declined",
+            Outcome::Charged(_) => "succeeded",
+            Outcome::Replayed(_) => "replayed",
+            Outcome::Unavailable => "unavailable",
+            Outcome::InProgress => "in_progress",
+            Outcome::Reused => "reused",
+        }
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        match self {
+            Outcome::Charged(charge) => Json(charge).into_response(),
+            Outcome::Replayed(charge) => {
+                ([("idempotent-replayed", "true")], Json(charge)).into_response()
+            }
+            Outcome::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Outcome::InProgress => error(StatusCode::CONFLICT, "request_in_progress"),
+            Outcome::Reused => error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+        }
+    }
+}
+
+async fn create_charge(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Json<ChargeRequest>, JsonRejection>,
+) -> Response {
+    let started = Instant::now();
+    gw.requests.fetch_add(1, Relaxed);
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+    else {
+        return error(StatusCode::BAD_REQUEST, "idempotency_key_missing");
+    };
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return invalid_request(rejection.body_text()),
+    };
+    if let Err(why) = request.validate() {
+        return invalid_request(why);
+    }
+
+    let outcome = match charge(&gw, key, request).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::error!(key, error = %e, "could not record charge");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed");
+        }
+    };
+    match &outcome {
+        Outcome::Replayed(_) => gw.replays.fetch_add(1, Relaxed),
+        Outcome::Unavailable => gw.unavailable.fetch_add(1, Relaxed),
+        _ => 0,
+    };
+    let result = outcome.label();
+    metrics::counter!("gateway_charge_requests_total", "result" => result).increment(1);
+    metrics::histogram!("gateway_charge_duration_seconds", "result" => result)
+        .record(started.elapsed().as_secs_f64());
+    tracing::debug!(key, result, "charge request answered");
+    outcome.into_response()
+}
+
+async fn charge(gw: &Gateway, key: &str, request: ChargeRequest) -> std::io::Result<Outcome> {
+    let claim = match gw.store.claim(key) {
+        Claim::Existing(charge) if request.matches(&charge) => {
+            return Ok(Outcome::Replayed(charge))
+        }
+        Claim::Existing(_) => return Ok(Outcome::Reused),
+        Claim::InProgress => return Ok(Outcome::InProgress),
+        Claim::Claimed(claim) => claim,
+    };
+    let behaviour = gw.behaviour();
+    tokio::time::sleep(gw.latency(behaviour.latency_ms)).await;
+    let Some(status) = gw.decide(&request.merchant_id, &behaviour) else {
+        return Ok(Outcome::Unavailable);
+    };
+    let charge = Charge {
+        id: format!("ch_{}", uuid::Uuid::now_v7().simple()),
+        idempotency_key: key.to_owned(),
+        status,
+        amount: request.amount,
+        currency: request.currency,
+        merchant_id: request.merchant_id,
+        reference: request.reference,
+        decline_code: (status == ChargeStatus::Declined).then(|| "card_declined".to_owned()),
+        created_at: chrono::Utc::now(),
+    };
+    // On a blocking thread (fsync), which also runs to the end if the client goes away:
+    // the key stays claimed until the charge is stored, so a retry can never charge twice.
+    tokio::task::spawn_blocking(move || claim.record(charge))
+        .await
+        .map_err(std::io::Error::other)?
+        .map(Outcome::Charged)
+}
+
+async fn get_charge(State(gw): State<Arc<Gateway>>, Path(key): Path<String>) -> Response {
+    match gw.store.get(&key) {
+        Some(charge) => Json(charge).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found"),
+    }
+}
+
+async fn stats(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
+    let (charges, declined) = gw.store.counts();
+    Json(json!({
+        "charges": charges,
+        "declined": declined,
+        "requests": gw.requests.load(Relaxed),
+        "replays": gw.replays.load(Relaxed),
+        "unavailable": gw.unavailable.load(Relaxed),
+    }))
+}
+
+async fn get_behaviour(State(gw): State<Arc<Gateway>>) -> Json<Behaviour> {
+    Json(gw.behaviour())
+}
+
+async fn put_behaviour(
+    State(gw): State<Arc<Gateway>>,
+    body: Result<Json<BehaviourPatch>, JsonRejection>,
+) -> Response {
+    let patch = match body {
+        Ok(Json(patch)) => patch,
+        Err(rejection) => return invalid_request(rejection.body_text()),
+    };
+    match gw.update_behaviour(patch) {
+        Ok(behaviour) => {
+            tracing::info!(?behaviour, "behaviour changed");
+            Json(behaviour).into_response()
+        }
+        Err(why) => invalid_request(why),
+    }
+}
+
+fn error(status: StatusCode, code: &'static str) -> Response {
+    (status, Json(json!({ "error": code }))).into_response()
+}
+
+fn invalid_request(detail: impl Into<String>) -> Response {
+    let body = json!({ "error": "invalid_request", "detail": detail.into() });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}

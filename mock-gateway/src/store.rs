@@ -1,0 +1,168 @@
+//! Charges by idempotency key, the keys being processed, and the optional append-only
+//! file that lets the gateway remember its charges across restarts.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChargeStatus {
+    Succeeded,
+    Declined,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    pub id: String,
+    pub idempotency_key: String,
+    pub status: ChargeStatus,
+    pub amount: i64,
+    pub currency: String,
+    pub merchant_id: String,
+    pub reference: Option<String>,
+    pub decline_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a charge request finds for its key.
+pub enum Claim {
+    /// The key was charged before.
+    Existing(Charge),
+    /// Another request with this key is being processed.
+    InProgress,
+    /// The key is now reserved for this request until the guard is dropped.
+    Claimed(InFlight),
+}
+
+#[derive(Default)]
+struct Keys {
+    charges: HashMap<String, Charge>,
+    in_flight: HashSet<String>,
+}
+
+pub struct Store {
+    // One lock over both sets, so "not charged and not in flight" is checked and the key
+    // reserved in one step: two requests with the same key can never both charge.
+    keys: Mutex<Keys>,
+    file: Option<Mutex<File>>,
+}
+
+impl Store {
+    pub fn in_memory() -> Self {
+        Self {
+            keys: Mutex::default(),
+            file: None,
+        }
+    }
+
+    /// Opens (or creates) the data file and loads its charges.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .with_context(|| format!("opening data file {}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("reading data file {}", path.display()))?;
+
+        // A line without its newline was cut short by a crash before it was fsync'd, so its
+        // charge was never acknowledged: drop it, or the next append would be glued onto it.
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if complete < bytes.len() {
+            tracing::warn!(path = %path.display(), bytes = bytes.len() - complete, "dropping torn last line");
+            file.set_len(complete as u64)?;
+        }
+
+        let mut keys = Keys::default();
+        for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let charge: Charge = serde_json::from_slice(line)
+                .with_context(|| format!("{}:{}: not a charge", path.display(), n + 1))?;
+            keys.charges
+                .entry(charge.idempotency_key.clone())
+                .or_insert(charge);
+        }
+        tracing::info!(path = %path.display(), charges = keys.charges.len(), "loaded charges");
+        Ok(Self {
+            keys: Mutex::new(keys),
+            file: Some(Mutex::new(file)),
+        })
+    }
+
+    pub fn claim(self: &Arc<Self>, key: &str) -> Claim {
+        let mut keys = lock(&self.keys);
+        if let Some(charge) = keys.charges.get(key) {
+            Claim::Existing(charge.clone())
+        } else if !keys.in_flight.insert(key.to_owned()) {
+            Claim::InProgress
+        } else {
+            Claim::Claimed(InFlight {
+                store: Arc::clone(self),
+                key: key.to_owned(),
+            })
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Charge> {
+        lock(&self.keys).charges.get(key).cloned()
+    }
+
+    /// Numbers of succeeded and declined charges.
+    pub fn counts(&self) -> (u64, u64) {
+        let keys = lock(&self.keys);
+        let declined = keys
+            .charges
+            .values()
+            .filter(|c| c.status == ChargeStatus::Declined)
+            .count();
+        ((keys.charges.len() - declined) as u64, declined as u64)
+    }
+}
+
+/// A key reserved by one request; dropping it without [`InFlight::record`] (an unavailable
+/// answer, or the client going away during the latency) frees the key uncharged.
+pub struct InFlight {
+    store: Arc<Store>,
+    key: String,
+}
+
+impl InFlight {
+    /// Appends the charge to the data file and fsyncs it, then makes it visible. Blocking:
+    /// call it from a blocking thread.
+    pub fn record(self, charge: Charge) -> io::Result<Charge> {
+        debug_assert_eq!(charge.idempotency_key, self.key);
+        if let Some(file) = &self.store.file {
+            let mut line = serde_json::to_vec(&charge)?;
+            line.push(b'\n');
+            let mut file = lock(file);
+            file.write_all(&line)?;
+            file.sync_data()?;
+        }
+        lock(&self.store.keys)
+            .charges
+            .insert(self.key.clone(), charge.clone());
+        Ok(charge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.store.keys).in_flight.remove(&self.key);
+    }
+}
+
+/// The critical sections cannot panic half-way, so a poisoned lock still holds
+/// consistent data.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,276 @@
+//! Consumes `payment.requested` from RabbitMQ, charges the gateway, publishes the result to
+//! Kafka, and only then acks.
+//!
+//! Manual acks and a prefetch equal to the concurrency bound the work in flight. A message is
+//! acked only after Kafka confirmed the result, so a crash at any point redelivers it; the
+//! gateway's idempotency key (the payment id) makes the second charge a replay. Poison
+//! messages are rejected without requeue and RabbitMQ dead-letters them.
+
+use crate::gateway::{Decision, GatewayClient};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared::backoff::Backoff;
+use shared::events::{decode_requested, PaymentRequested, PaymentResult};
+use shared::ids::EventId;
+use shared::shutdown::Shutdown;
+use shared::status::{FailureReason, Outcome};
+use shared::topology::{header_str, AmqpTopology, KafkaTopics};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+pub struct Processor {
+    pub amqp_url: String,
+    pub topology: AmqpTopology,
+    pub topics: KafkaTopics,
+    pub gateway: Arc<GatewayClient>,
+    pub producer: FutureProducer,
+    pub concurrency: u16,
+    pub drain_timeout: Duration,
+    pub connected: Arc<AtomicBool>,
+}
+
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "requests_consumed_total",
+        "payment.requested messages received from RabbitMQ."
+    );
+    metrics::describe_counter!(
+        "requests_dead_lettered_total",
+        "Poison payment requests rejected to the dead-letter queue, by reason."
+    );
+    metrics::describe_counter!(
+        "requests_requeued_total",
+        "Payment requests handed back to RabbitMQ because their outcome is not known yet."
+    );
+    metrics::describe_counter!(
+        "results_published_total",
+        "Results confirmed by Kafka, by outcome."
+    );
+    metrics::describe_counter!(
+        "results_publish_failures_total",
+        "Kafka publishes that failed and were retried."
+    );
+    metrics::describe_histogram!(
+        "results_publish_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time for Kafka to confirm one result."
+    );
+    metrics::describe_histogram!(
+        "request_processing_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from receiving a payment request to acking it."
+    );
+    metrics::describe_gauge!("requests_in_flight", "Payment requests being processed.");
+}
+
+impl Processor {
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut attempt = 0;
+        while !shutdown.is_triggered() {
+            match self.consume(&mut shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, attempt, "lost RabbitMQ; reconnecting");
+                }
+            }
+            let delay = backoff.delay(attempt);
+            attempt = attempt.saturating_add(1).min(10);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        tracing::info!("payment request consumer stopped");
+    }
+
+    /// One connection's lifetime: consume until shutdown (Ok) or a broker failure (Err).
+    async fn consume(self: &Arc<Self>, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        channel
+            .basic_qos(self.concurrency, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                "processor-service".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.connected.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %self.topology.queue, prefetch = self.concurrency, "consuming payment requests");
+
+        let mut in_flight = JoinSet::new();
+        let outcome = loop {
+            tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let this = self.clone();
+                        in_flight.spawn(async move { this.handle(delivery).await });
+                    }
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Err(anyhow::anyhow!("consumer stream ended")),
+                },
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                _ = shutdown.wait() => break Ok(()),
+            }
+        };
+        // Drain: stop taking new messages, let the ones in hand finish (their acks need the
+        // channel open), then close. Whatever does not finish in time is redelivered.
+        self.connected.store(false, Ordering::Relaxed);
+        let _ = channel
+            .basic_cancel("processor-service".into(), Default::default())
+            .await;
+        let pending = in_flight.len();
+        if pending > 0 {
+            tracing::info!(pending, "draining in-flight payment requests");
+        }
+        let drained = tokio::time::timeout(self.drain_timeout, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = in_flight.len(),
+                "drain timeout: unfinished requests will be redelivered"
+            );
+            in_flight.abort_all();
+        }
+        let _ = conn.close(200, "processor stopping".into()).await;
+        outcome
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        metrics::counter!("requests_consumed_total").increment(1);
+        metrics::gauge!("requests_in_flight").increment(1.0);
+        let start = Instant::now();
+        let headers = delivery.properties.headers().as_ref();
+        let traceparent = shared::trace::child_of(header_str(headers, "traceparent").as_deref());
+        let request = match decode_requested(&delivery.data) {
+            Ok(r) => r,
+            Err(poison) => {
+                tracing::warn!(
+                    payment_id = header_str(headers, "payment_id").unwrap_or_default(),
+                    reason = poison.label(),
+                    detail = %poison,
+                    "poison payment request dead-lettered"
+                );
+                metrics::counter!("requests_dead_lettered_total", "reason" => poison.label())
+                    .increment(1);
+                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                metrics::gauge!("requests_in_flight").decrement(1.0);
+                return;
+            }
+        };
+        let payment_id = request.payment.id;
+        let decision = self.gateway.charge(&request.payment).await;
+        let label = match &decision {
+            Decision::Charged { .. } => "charged",
+            Decision::Declined { .. } => "declined",
+            Decision::NotCharged => "not_charged",
+            Decision::Unknown(_) => "unknown",
+        };
+        metrics::counter!("gateway_decisions_total", "decision" => label).increment(1);
+        match result_for(&request, decision) {
+            Ok(result) => {
+                self.publish(&result, &traceparent).await;
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    // The result is in Kafka; a redelivery replays the charge and the
+                    // wallet ignores the second result.
+                    tracing::warn!(%payment_id, error = %e, "ack failed after publishing; the request will be redelivered");
+                }
+                tracing::info!(%payment_id, outcome = result.outcome.as_str(), traceparent, "payment result published");
+            }
+            Err(why) => {
+                // Keep the hold; try again later. Backing off here keeps a redelivery loop
+                // from hammering a struggling gateway.
+                tracing::warn!(%payment_id, reason = %why, "charge outcome unknown; payment stays pending and the request is requeued");
+                metrics::counter!("requests_requeued_total").increment(1);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+            }
+        }
+        metrics::gauge!("requests_in_flight").decrement(1.0);
+        metrics::histogram!("request_processing_duration_seconds")
+            .record(start.elapsed().as_secs_f64());
+    }
+
+    /// Publishes until Kafka confirms: the RabbitMQ message is not acked before that.
+    async fn publish(&self, result: &PaymentResult, traceparent: &str) {
+        let payload = serde_json::to_vec(result).expect("a result serializes");
+        let key = result.payment_id.to_string();
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut attempt = 0;
+        loop {
+            let start = Instant::now();
+            let headers = shared::kafka::headers([
+                ("traceparent", traceparent),
+                ("payment_id", key.as_str()),
+            ]);
+            let record = FutureRecord::to(&self.topics.results)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers);
+            match self.producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => {
+                    metrics::histogram!("results_publish_duration_seconds")
+                        .record(start.elapsed().as_secs_f64());
+                    metrics::counter!("results_published_total", "outcome" => result.outcome.as_str()).increment(1);
+                    return;
+                }
+                Err((e, _)) => {
+                    metrics::counter!("results_publish_failures_total").increment(1);
+                    tracing::warn!(payment_id = %result.payment_id, error = %e, attempt, "Kafka did not confirm the result; retrying");
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt = (attempt + 1).min(10);
+                }
+            }
+        }
+    }
+}
+
+/// The result to publish for a decision, or why there is none yet.
+pub fn result_for(request: &PaymentRequested, decision: Decision) -> Result<PaymentResult, String> {
+    let id = request.payment.id;
+    match decision {
+        Decision::Charged { reference } => Ok(PaymentResult::new(
+            EventId::new(),
+            id,
+            Outcome::Succeeded,
+            None,
+            Some(reference),
+        )),
+        Decision::Declined { reference } => Ok(PaymentResult::new(
+            EventId::new(),
+            id,
+            Outcome::Failed,
+            Some(FailureReason::Declined),
+            Some(reference),
+        )),
+        Decision::NotCharged => Ok(PaymentResult::new(
+            EventId::new(),
+            id,
+            Outcome::Failed,
+            Some(FailureReason::GatewayUnavailable),
+            None,
+        )),
+        Decision::Unknown(why) => Err(why),
+    }
+}

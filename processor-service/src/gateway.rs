@@ -1,0 +1,198 @@
+//! The gateway client: charge with retries under one idempotency key, and decide only what
+//! is certain.
+
+use serde::Deserialize;
+use shared::backoff::Backoff;
+use shared::events::RequestedPayment;
+use std::time::{Duration, Instant};
+
+/// What the gateway did with a payment, as far as we know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Charged {
+        reference: String,
+    },
+    Declined {
+        reference: String,
+    },
+    /// Every attempt was refused before processing (503 or no connection) and the gateway
+    /// has no charge under the key: the charge certainly did not happen.
+    NotCharged,
+    /// We cannot tell (timeouts, in-progress answers): the payment must stay pending.
+    Unknown(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct Charge {
+    id: String,
+    status: String,
+}
+
+/// How one call ended.
+enum Attempt {
+    Done(Decision),
+    /// Refused without processing: safe to call "not charged" if nothing else happened.
+    Refused(String),
+    /// Outcome unknown: the request may have been processed.
+    Unsure(String),
+}
+
+pub struct GatewayClient {
+    http: reqwest::Client,
+    base_url: String,
+    attempts: u32,
+    backoff: Backoff,
+}
+
+pub fn describe_metrics() {
+    metrics::describe_histogram!(
+        "gateway_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Latency of gateway calls, by operation and result."
+    );
+    metrics::describe_counter!(
+        "gateway_retries_total",
+        "Gateway calls retried after a timeout or error."
+    );
+    metrics::describe_counter!(
+        "gateway_decisions_total",
+        "Final gateway decisions per payment, by decision."
+    );
+}
+
+impl GatewayClient {
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        attempts: u32,
+        backoff_base: Duration,
+    ) -> reqwest::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(1)))
+                .pool_max_idle_per_host(256)
+                .build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            attempts: attempts.max(1),
+            backoff: Backoff::new(backoff_base, Duration::from_secs(5)),
+        })
+    }
+
+    pub async fn ready(&self) -> Result<(), String> {
+        let r = self
+            .http
+            .get(format!("{}/healthz", self.base_url))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("gateway answered {}", r.status()))
+        }
+    }
+
+    /// Charges `payment`, retrying with backoff; after the budget asks the gateway by key.
+    pub async fn charge(&self, payment: &RequestedPayment) -> Decision {
+        let mut all_refused = true;
+        let mut last_error = String::new();
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                metrics::counter!("gateway_retries_total").increment(1);
+                tokio::time::sleep(self.backoff.delay(attempt - 1)).await;
+            }
+            match self.post_charge(payment).await {
+                Attempt::Done(d) => return d,
+                Attempt::Refused(e) => last_error = e,
+                Attempt::Unsure(e) => {
+                    all_refused = false;
+                    last_error = e;
+                }
+            }
+            tracing::warn!(payment_id = %payment.id, attempt = attempt + 1, error = %last_error, "gateway call failed; retrying with the same idempotency key");
+        }
+        // Out of attempts: the gateway's record for the key decides.
+        match self.lookup(payment).await {
+            Ok(Some(d)) => d,
+            Ok(None) if all_refused => Decision::NotCharged,
+            Ok(None) => Decision::Unknown(format!(
+                "no charge recorded yet, but an attempt may still land: {last_error}"
+            )),
+            Err(e) => Decision::Unknown(format!("{last_error}; lookup failed: {e}")),
+        }
+    }
+
+    async fn post_charge(&self, p: &RequestedPayment) -> Attempt {
+        let start = Instant::now();
+        let body = serde_json::json!({
+            "amount": p.amount,
+            "currency": p.currency,
+            "merchant_id": p.merchant_id,
+            "reference": p.id,
+        });
+        let sent = self
+            .http
+            .post(format!("{}/v1/charges", self.base_url))
+            .header("Idempotency-Key", p.id.to_string())
+            .json(&body)
+            .send()
+            .await;
+        let (result, attempt) = match sent {
+            // Connection never established: the request was not processed.
+            Err(e) if e.is_connect() => ("connect_error", Attempt::Refused(e.to_string())),
+            Err(e) if e.is_timeout() => ("timeout", Attempt::Unsure(format!("timed out: {e}"))),
+            Err(e) => ("error", Attempt::Unsure(e.to_string())),
+            Ok(r) => match r.status().as_u16() {
+                200 => match r.json::<Charge>().await {
+                    Ok(c) => ("ok", Attempt::Done(decision_of(c))),
+                    Err(e) => (
+                        "bad_body",
+                        Attempt::Unsure(format!("unreadable charge: {e}")),
+                    ),
+                },
+                503 => (
+                    "unavailable",
+                    Attempt::Refused("gateway answered 503".into()),
+                ),
+                status => (
+                    "http_error",
+                    Attempt::Unsure(format!("gateway answered {status}")),
+                ),
+            },
+        };
+        metrics::histogram!("gateway_request_duration_seconds", "operation" => "charge", "result" => result)
+            .record(start.elapsed().as_secs_f64());
+        attempt
+    }
+
+    async fn lookup(&self, p: &RequestedPayment) -> Result<Option<Decision>, String> {
+        let start = Instant::now();
+        let r = self
+            .http
+            .get(format!("{}/v1/charges/{}", self.base_url, p.id))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        metrics::histogram!("gateway_request_duration_seconds", "operation" => "lookup", "result" => r.status().as_u16().to_string())
+            .record(start.elapsed().as_secs_f64());
+        match r.status().as_u16() {
+            200 => r
+                .json::<Charge>()
+                .await
+                .map(|c| Some(decision_of(c)))
+                .map_err(|e| e.to_string()),
+            404 => Ok(None),
+            s => Err(format!("lookup answered {s}")),
+        }
+    }
+}
+
+fn decision_of(c: Charge) -> Decision {
+    if c.status == "succeeded" {
+        Decision::Charged { reference: c.id }
+    } else {
+        Decision::Declined { reference: c.id }
+    }
+}

@@ -1,0 +1,230 @@
+//! The pipeline's wire messages and how to tell a good one from a poison one.
+//!
+//! Every message carries `type` and `version`. A consumer accepts only the versions it
+//! understands; anything else is poison and goes to a dead-letter destination instead of
+//! blocking the messages behind it.
+
+use crate::ids::{EventId, PaymentId, WalletId};
+use crate::money::{Amount, Currency};
+use crate::status::{FailureReason, Outcome};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub const PAYMENT_REQUESTED: &str = "payment.requested";
+pub const PAYMENT_RESULT: &str = "payment.result";
+pub const VERSION: u32 = 1;
+
+/// Published by the wallet service's outbox to RabbitMQ when a payment is accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentRequested {
+    pub event_id: EventId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub payment: RequestedPayment,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestedPayment {
+    pub id: PaymentId,
+    pub wallet_id: WalletId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub merchant_id: String,
+}
+
+impl PaymentRequested {
+    pub fn new(event_id: EventId, occurred_at: DateTime<Utc>, payment: RequestedPayment) -> Self {
+        Self {
+            event_id,
+            kind: PAYMENT_REQUESTED.to_owned(),
+            version: VERSION,
+            occurred_at,
+            payment,
+        }
+    }
+}
+
+/// Published by the processor to Kafka once the gateway decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentResult {
+    pub event_id: EventId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub payment_id: PaymentId,
+    pub outcome: Outcome,
+    pub failure_reason: Option<FailureReason>,
+    pub gateway_reference: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl PaymentResult {
+    pub fn new(
+        event_id: EventId,
+        payment_id: PaymentId,
+        outcome: Outcome,
+        failure_reason: Option<FailureReason>,
+        gateway_reference: Option<String>,
+    ) -> Self {
+        Self {
+            event_id,
+            kind: PAYMENT_RESULT.to_owned(),
+            version: VERSION,
+            payment_id,
+            outcome,
+            failure_reason,
+            gateway_reference,
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Poison {
+    #[error("not valid JSON: {0}")]
+    NotJson(String),
+    #[error("unexpected message type {0:?}")]
+    WrongType(Option<String>),
+    #[error("unsupported version {0:?}")]
+    UnsupportedVersion(Option<u64>),
+    #[error("invalid {kind} message: {detail}")]
+    Invalid { kind: &'static str, detail: String },
+}
+
+impl Poison {
+    /// A short, stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotJson(_) => "not_json",
+            Self::WrongType(_) => "wrong_type",
+            Self::UnsupportedVersion(_) => "unsupported_version",
+            Self::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], kind: &'static str) -> Result<T, Poison> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Poison::NotJson(e.to_string()))?;
+    let ty = value.get("type").and_then(|t| t.as_str());
+    if ty != Some(kind) {
+        return Err(Poison::WrongType(ty.map(str::to_owned)));
+    }
+    let version = value.get("version").and_then(|v| v.as_u64());
+    if version != Some(u64::from(VERSION)) {
+        return Err(Poison::UnsupportedVersion(version));
+    }
+    serde_json::from_value(value).map_err(|e| Poison::Invalid {
+        kind,
+        detail: e.to_string(),
+    })
+}
+
+pub fn decode_requested(bytes: &[u8]) -> Result<PaymentRequested, Poison> {
+    decode(bytes, PAYMENT_REQUESTED)
+}
+
+pub fn decode_result(bytes: &[u8]) -> Result<PaymentResult, Poison> {
+    let result: PaymentResult = decode(bytes, PAYMENT_RESULT)?;
+    // A failure must say why, and a success must not carry a reason.
+    match (result.outcome, result.failure_reason) {
+        (Outcome::Failed, None) => Err(Poison::Invalid {
+            kind: PAYMENT_RESULT,
+            detail: "failed outcome without failure_reason".into(),
+        }),
+        (Outcome::Succeeded, Some(_)) => Err(Poison::Invalid {
+            kind: PAYMENT_RESULT,
+            detail: "succeeded outcome with a failure_reason".into(),
+        }),
+        _ => Ok(result),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requested() -> PaymentRequested {
+        PaymentRequested::new(
+            EventId::new(),
+            Utc::now(),
+            RequestedPayment {
+                id: PaymentId::new(),
+                wallet_id: WalletId::new(),
+                amount: Amount::new(500).unwrap(),
+                currency: "EUR".parse().unwrap(),
+                merchant_id: "m_1".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn requested_round_trips_with_contract_field_names() {
+        let msg = requested();
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["type"], "payment.requested");
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["payment"]["amount"], 500);
+        assert_eq!(json["payment"]["currency"], "EUR");
+        let back = decode_requested(&serde_json::to_vec(&msg).unwrap()).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn poison_is_classified() {
+        assert!(matches!(
+            decode_requested(b"{not json"),
+            Err(Poison::NotJson(_))
+        ));
+        let mut v = serde_json::to_value(requested()).unwrap();
+        v["version"] = 2.into();
+        assert_eq!(
+            decode_requested(&serde_json::to_vec(&v).unwrap()),
+            Err(Poison::UnsupportedVersion(Some(2)))
+        );
+        v["version"] = 1.into();
+        v["payment"]["amount"] = 0.into();
+        assert!(matches!(
+            decode_requested(&serde_json::to_vec(&v).unwrap()),
+            Err(Poison::Invalid { .. })
+        ));
+        assert!(matches!(
+            decode_result(&serde_json::to_vec(&v).unwrap()),
+            Err(Poison::WrongType(_))
+        ));
+    }
+
+    #[test]
+    fn result_outcome_and_reason_must_agree() {
+        let ok = PaymentResult::new(
+            EventId::new(),
+            PaymentId::new(),
+            Outcome::Succeeded,
+            None,
+            Some("ch_1".into()),
+        );
+        assert!(decode_result(&serde_json::to_vec(&ok).unwrap()).is_ok());
+        let bad = PaymentResult::new(
+            EventId::new(),
+            PaymentId::new(),
+            Outcome::Failed,
+            None,
+            None,
+        );
+        assert!(decode_result(&serde_json::to_vec(&bad).unwrap()).is_err());
+        let declined = PaymentResult::new(
+            EventId::new(),
+            PaymentId::new(),
+            Outcome::Failed,
+            Some(FailureReason::Declined),
+            None,
+        );
+        let json = serde_json::to_value(&declined).unwrap();
+        assert_eq!(json["outcome"], "failed");
+        assert_eq!(json["failure_reason"], "declined");
+    }
+}

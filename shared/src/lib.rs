@@ -1,0 +1,20 @@
+//! Code both services (and the mock gateway) share.
+//!
+//! Start with the domain types, which are parsed once at the edge and trusted after:
+//! [`money`] (`Amount`, `Currency`), [`ids`] (`WalletId`, `PaymentId`, `EventId`) and
+//! [`status`] (`PaymentStatus`, `Outcome`). [`events`] holds the two wire messages of the
+//! pipeline (`payment.requested` on RabbitMQ, `payment.result` on Kafka) and the rules for
+//! rejecting ones we cannot process. [`topology`] names and declares the broker objects;
+//! [`backoff`] is the retry schedule; [`telemetry`] sets up logs and Prometheus metrics;
+//! [`shutdown`] is the SIGTERM signal every worker listens to.
+
+pub mod backoff;
+pub mod events;
+pub mod ids;
+pub mod kafka;
+pub mod money;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+pub mod topology;
+pub mod trace;

@@ -1,0 +1,66 @@
+//! The shutdown signal every long-running task listens to.
+
+use tokio::sync::watch;
+
+/// A cloneable handle that resolves once shutdown was requested.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// The sending half: call [`Trigger::fire`] to start a graceful shutdown.
+#[derive(Debug)]
+pub struct Trigger(watch::Sender<bool>);
+
+pub fn channel() -> (Trigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (Trigger(tx), Shutdown(rx))
+}
+
+impl Trigger {
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when shutdown was requested (immediately if it already was).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|v| *v).await;
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested, draining in-flight work");
+}
+
+/// Spawns a task that fires the trigger on SIGTERM/Ctrl-C and returns the listening handle.
+pub fn on_signal() -> Shutdown {
+    let (trigger, shutdown) = channel();
+    tokio::spawn(async move {
+        signal().await;
+        trigger.fire();
+    });
+    shutdown
+}

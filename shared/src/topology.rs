@@ -1,0 +1,189 @@
+//! Names and declarations of the broker objects the pipeline uses.
+//!
+//! Both services declare what they touch at start (declarations are idempotent), so either
+//! can start first. Names default to the public contract; tests use a prefix to get a
+//! private copy of the topology on the shared brokers.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+/// How many times RabbitMQ redelivers a message before dead-lettering it.
+pub const DELIVERY_LIMIT: i32 = 10;
+
+/// RabbitMQ objects of the request hop.
+#[derive(Debug, Clone)]
+pub struct AmqpTopology {
+    pub exchange: String,
+    pub routing_key: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+}
+
+impl Default for AmqpTopology {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}
+
+impl AmqpTopology {
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            exchange: format!("{prefix}payments"),
+            routing_key: "payment.requested".into(),
+            queue: format!("{prefix}payments.requested"),
+            dead_letter_exchange: format!("{prefix}payments.dlx"),
+            dead_letter_queue: format!("{prefix}payments.requested.dlq"),
+        }
+    }
+
+    /// Declares exchange, quorum queue, dead-letter exchange and queue, and the bindings.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange.as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+
+        let queue_opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let mut dlq_args = FieldTable::default();
+        dlq_args.insert("x-queue-type".into(), long_string("quorum"));
+        channel
+            .queue_declare(self.dead_letter_queue.as_str().into(), queue_opts, dlq_args)
+            .await?;
+        channel
+            .queue_bind(
+                self.dead_letter_queue.as_str().into(),
+                self.dead_letter_exchange.as_str().into(),
+                self.dead_letter_queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&self.dead_letter_exchange),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.dead_letter_queue),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(DELIVERY_LIMIT),
+        );
+        channel
+            .queue_declare(self.queue.as_str().into(), queue_opts, args)
+            .await?;
+        channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                self.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.to_owned()))
+}
+
+/// Reads a string header (either AMQP string type) from a message's headers.
+pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Builds a header table of string values.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in pairs {
+        table.insert(k.into(), long_string(v));
+    }
+    table
+}
+
+/// Kafka topics of the result hop.
+#[derive(Debug, Clone)]
+pub struct KafkaTopics {
+    pub results: String,
+    pub results_dlq: String,
+    pub partitions: i32,
+}
+
+impl Default for KafkaTopics {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}
+
+impl KafkaTopics {
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            results: format!("{prefix}payment.results"),
+            results_dlq: format!("{prefix}payment.results.dlq"),
+            partitions: 3,
+        }
+    }
+
+    /// Creates the topics if they do not exist yet (brokers need not auto-create topics).
+    pub async fn create(&self, brokers: &str) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = kafka_config(brokers).create()?;
+        let topics = [
+            NewTopic::new(&self.results, self.partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.results_dlq, 1, TopicReplication::Fixed(1)),
+        ];
+        let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+        for result in admin.create_topics(&topics, &opts).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => anyhow::bail!("could not create Kafka topic {name}: {code}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The client settings every Kafka client here starts from.
+pub fn kafka_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("socket.keepalive.enable", "true")
+        // Reconnect quickly after a broker restart.
+        .set("reconnect.backoff.max.ms", "2000");
+    config
+}

@@ -1,0 +1,164 @@
+//! Starting and stopping the whole service: pool, HTTP server, dispatcher and consumer.
+
+use crate::auth::Verifier;
+use crate::config::{DbConfig, ServeConfig};
+use crate::finalizer::{self, Finalizer};
+use crate::http::{self, AppState, Health};
+use crate::outbox::dispatcher::{self, Dispatcher};
+use anyhow::Context;
+use rdkafka::consumer::Consumer;
+use shared::shutdown::Shutdown;
+use shared::topology::{AmqpTopology, KafkaTopics};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A pool that fails fast when PostgreSQL is away instead of hanging requests.
+pub async fn connect_db(cfg: &DbConfig) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = cfg
+        .database_url
+        .parse()
+        .context("DATABASE_URL is not a valid URL")?;
+    let options = options
+        .application_name("wallet-service")
+        .options([("statement_timeout", "5000"), ("lock_timeout", "3000")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(cfg.db_max_connections)
+        .acquire_timeout(cfg.db_acquire_timeout)
+        .connect_lazy_with(options))
+}
+
+pub fn describe_metrics() {
+    metrics::describe_counter!("payments_accepted_total", "Payments accepted (funds held).");
+    metrics::describe_counter!("payments_refused_total", "Payments refused, by reason.");
+    metrics::describe_counter!("deposits_total", "Deposits credited.");
+    metrics::describe_counter!(
+        "idempotent_replays_total",
+        "Payment requests answered from a stored idempotent response."
+    );
+    dispatcher::describe_metrics();
+    finalizer::describe_metrics();
+}
+
+/// A running service: its address and the tasks to wait for after shutdown.
+pub struct Running {
+    pub addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits for every task to drain (call after triggering shutdown).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+pub async fn start(
+    cfg: ServeConfig,
+    metrics: shared::telemetry::PrometheusHandle,
+    shutdown: Shutdown,
+) -> anyhow::Result<Running> {
+    describe_metrics();
+    let pool = connect_db(&cfg.db).await?;
+    // Migrations need the database; retry for a while so start order does not matter.
+    let mut tries = 0;
+    loop {
+        match crate::MIGRATOR.run(&pool).await {
+            Ok(()) => break,
+            Err(e) if tries < 30 => {
+                tries += 1;
+                tracing::warn!(error = %e, "cannot apply migrations yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("applying migrations"),
+        }
+    }
+
+    let prefix = cfg.brokers.broker_prefix.clone();
+    let mut tasks = JoinSet::new();
+    let mut health = Health::default();
+
+    if cfg.run_dispatcher {
+        let connected = Arc::new(AtomicBool::new(false));
+        health.amqp = Some(connected.clone());
+        let d = Dispatcher {
+            pool: pool.clone(),
+            amqp_url: cfg.brokers.amqp_url.clone(),
+            topology: AmqpTopology::with_prefix(&prefix),
+            config: cfg.dispatcher.clone(),
+            connected,
+        };
+        tasks.spawn(d.run(shutdown.clone()));
+        tasks.spawn(dispatcher::maintain(
+            pool.clone(),
+            cfg.dispatcher.outbox_retention_secs,
+            shutdown.clone(),
+        ));
+    }
+
+    if cfg.run_finalizer {
+        let topics = KafkaTopics::with_prefix(&prefix);
+        let brokers = cfg.brokers.kafka_brokers.clone();
+        // Topic creation needs the broker; keep trying in the background so the API
+        // comes up (and reports Kafka as down) even while Kafka is away.
+        let consumer = Arc::new(shared::kafka::consumer(&brokers, &cfg.consumer_group)?);
+        let producer = shared::kafka::producer(&brokers)?;
+        health.kafka = Some(consumer.clone());
+        let f = Finalizer {
+            pool: pool.clone(),
+            consumer: consumer.clone(),
+            producer,
+            topics: topics.clone(),
+            batch_size: cfg.results_batch_size,
+        };
+        let mut sd = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                match topics.create(&brokers).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create Kafka topics yet; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = sd.wait() => return,
+                        }
+                    }
+                }
+            }
+            if let Err(e) = consumer.subscribe(&[&topics.results]) {
+                tracing::error!(error = %e, "cannot subscribe to the results topic");
+                return;
+            }
+            tracing::info!(topic = %topics.results, "result consumer subscribed");
+            f.run(sd).await;
+        });
+    }
+
+    let state = AppState {
+        db: pool.clone(),
+        verifier: Verifier::new(cfg.jwt_secret.expose()),
+        metrics,
+        health,
+    };
+    let app = http::router(state, cfg.request_timeout);
+    let listener = TcpListener::bind(&cfg.bind)
+        .await
+        .with_context(|| format!("binding {}", cfg.bind))?;
+    let addr = listener.local_addr()?;
+    let mut sd = shutdown.clone();
+    tasks.spawn(async move {
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(async move { sd.wait().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+        tracing::info!("HTTP server drained");
+    });
+    tracing::info!(%addr, "wallet-service listening");
+    Ok(Running { addr, tasks })
+}

@@ -1,0 +1,226 @@
+//! The result consumer: applies `payment.result` messages from Kafka to the database.
+//!
+//! Messages are taken in small batches and applied in one transaction; offsets are committed
+//! only after that transaction committed. A crash in between redelivers the batch, and the
+//! inbox (`processed_events`) turns the redelivery into a no-op. A message that cannot be
+//! applied (unparseable, unknown version, unknown payment) is copied to the dead-letter topic
+//! before its offset is committed, so it never blocks the partition.
+
+use crate::store::payments::{self, Applied};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use shared::backoff::Backoff;
+use shared::events::{decode_result, PaymentResult};
+use shared::shutdown::Shutdown;
+use shared::topology::KafkaTopics;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Finalizer {
+    pub pool: PgPool,
+    pub consumer: Arc<StreamConsumer>,
+    pub producer: FutureProducer,
+    pub topics: KafkaTopics,
+    pub batch_size: usize,
+}
+
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "payments_finalized_total",
+        "Payments moved to a final status, by outcome and reason."
+    );
+    metrics::describe_histogram!(
+        "payment_finalization_seconds",
+        metrics::Unit::Seconds,
+        "Time from a payment's acceptance to its finalization."
+    );
+    metrics::describe_counter!(
+        "results_consumed_total",
+        "payment.result messages read from Kafka."
+    );
+    metrics::describe_counter!(
+        "results_duplicates_total",
+        "Results ignored because they were already applied or the payment was already final."
+    );
+    metrics::describe_counter!(
+        "results_dead_lettered_total",
+        "Results sent to the dead-letter topic, by reason."
+    );
+    metrics::describe_histogram!(
+        "results_batch_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to apply one batch of results and commit it."
+    );
+}
+
+/// What to do with one message of a batch.
+enum Decoded {
+    Result(PaymentResult),
+    Poison(&'static str, String),
+}
+
+impl Finalizer {
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = shutdown.wait() => break,
+            };
+            let first = match first {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading payment results from Kafka failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        _ = shutdown.wait() => break,
+                    }
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < self.batch_size {
+                match tokio::time::timeout(Duration::from_millis(2), self.consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    _ => break,
+                }
+            }
+            // Retry the same batch until it is applied; shutdown abandons it uncommitted, to be
+            // redelivered to whoever owns the partition next.
+            let mut attempt = 0;
+            loop {
+                match self.apply_batch(&batch).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, messages = batch.len(), attempt, "applying payment results failed; will retry the batch");
+                        let delay = db_backoff.delay(attempt);
+                        attempt += 1;
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.wait() => {
+                                tracing::info!("result consumer stopped");
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!("result consumer stopped");
+    }
+
+    async fn apply_batch(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        metrics::counter!("results_consumed_total").increment(batch.len() as u64);
+        let decoded: Vec<Decoded> = batch
+            .iter()
+            .map(|m| match decode_result(m.payload().unwrap_or_default()) {
+                Ok(r) => Decoded::Result(r),
+                Err(p) => Decoded::Poison(p.label(), p.to_string()),
+            })
+            .collect();
+
+        let mut tx = self.pool.begin().await?;
+        let mut finalized = Vec::new();
+        let mut dead = Vec::new();
+        for (msg, d) in batch.iter().zip(&decoded) {
+            match d {
+                Decoded::Poison(label, why) => dead.push((msg, *label, why.clone())),
+                Decoded::Result(r) => {
+                    let applied = payments::finalize(
+                        &mut tx,
+                        r.event_id,
+                        r.payment_id,
+                        r.outcome,
+                        r.failure_reason,
+                        r.gateway_reference.as_deref(),
+                    )
+                    .await?;
+                    match applied {
+                        Applied::Finalized {
+                            status,
+                            pending_for,
+                        } => finalized.push((r, status, pending_for)),
+                        Applied::DuplicateEvent => {
+                            metrics::counter!("results_duplicates_total", "kind" => "event")
+                                .increment(1);
+                            tracing::info!(payment_id = %r.payment_id, event_id = %r.event_id, "duplicate result ignored: event already applied");
+                        }
+                        Applied::AlreadyFinal { status } => {
+                            metrics::counter!("results_duplicates_total", "kind" => "payment_final").increment(1);
+                            tracing::info!(payment_id = %r.payment_id, %status, outcome = r.outcome.as_str(), "result ignored: payment already final");
+                        }
+                        Applied::UnknownPayment => dead.push((
+                            msg,
+                            "unknown_payment",
+                            format!("no payment {}", r.payment_id),
+                        )),
+                    }
+                }
+            }
+        }
+        // Dead letters are produced before the commit: if producing fails, nothing commits
+        // and the batch is retried.
+        for (msg, label, why) in &dead {
+            self.dead_letter(msg, label, why).await?;
+        }
+        tx.commit().await?;
+
+        for (r, status, pending_for) in &finalized {
+            let reason = r.failure_reason.map(|f| f.as_str()).unwrap_or("");
+            metrics::counter!("payments_finalized_total", "outcome" => status.as_str(), "reason" => reason).increment(1);
+            metrics::histogram!("payment_finalization_seconds")
+                .record(pending_for.to_std().unwrap_or_default().as_secs_f64());
+            tracing::info!(payment_id = %r.payment_id, %status, reason, "payment finalized");
+        }
+        self.commit_offsets(batch)?;
+        metrics::histogram!("results_batch_duration_seconds").record(start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn dead_letter(&self, msg: &OwnedMessage, label: &str, why: &str) -> anyhow::Result<()> {
+        let key = msg.key().unwrap_or_default();
+        let headers = shared::kafka::headers([
+            ("dlq_reason", label),
+            ("dlq_detail", why),
+            ("source_topic", msg.topic()),
+        ]);
+        let record = FutureRecord::to(&self.topics.results_dlq)
+            .key(key)
+            .payload(msg.payload().unwrap_or_default())
+            .headers(headers);
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("dead-lettering failed: {e}"))?;
+        metrics::counter!("results_dead_lettered_total", "reason" => label.to_owned()).increment(1);
+        tracing::warn!(
+            key = %String::from_utf8_lossy(key),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason = label,
+            detail = why,
+            "payment result dead-lettered"
+        );
+        Ok(())
+    }
+
+    fn commit_offsets(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in batch {
+            let e = next
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_default();
+            *e = (*e).max(m.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Async)?;
+        Ok(())
+    }
+}

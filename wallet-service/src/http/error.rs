@@ -1,0 +1,192 @@
+//! The one mapping from failures to HTTP: RFC 9457 problem+json with a stable `code`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("wallet not found")]
+    WalletNotFound,
+    #[error("payment not found")]
+    PaymentNotFound,
+    #[error("no route for this path")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Validation(String),
+    #[error("request body exceeds 64 KiB")]
+    PayloadTooLarge,
+    #[error("the Idempotency-Key header is required on this route")]
+    IdempotencyKeyMissing,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyKeyInUse,
+    #[error("insufficient funds: {available} available, {requested} requested")]
+    InsufficientFunds { available: i64, requested: i64 },
+    #[error("wallet currency is {wallet}, request currency is {requested}")]
+    CurrencyMismatch { wallet: String, requested: String },
+    #[error("the database is unavailable; retry later")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Self::Unavailable(e)
+            }
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
+                // numeric_value_out_of_range: a balance would leave bigint.
+                Self::Validation("amount would overflow the wallet balance".into())
+            }
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with("08") || c == "57P01") =>
+            {
+                // Connection exceptions and admin shutdown: the database went away.
+                Self::Unavailable(e)
+            }
+            _ => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            WalletNotFound | PaymentNotFound | RouteNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Malformed(_) | IdempotencyKeyMissing => StatusCode::BAD_REQUEST,
+            Validation(_)
+            | IdempotencyKeyReused
+            | InsufficientFunds { .. }
+            | CurrencyMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            IdempotencyKeyInUse => StatusCode::CONFLICT,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            Unauthorized(_) => "unauthorized",
+            Forbidden(_) => "forbidden",
+            WalletNotFound => "wallet_not_found",
+            PaymentNotFound => "payment_not_found",
+            RouteNotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Malformed(_) => "malformed_request",
+            Validation(_) => "validation_failed",
+            PayloadTooLarge => "payload_too_large",
+            IdempotencyKeyMissing => "idempotency_key_missing",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            IdempotencyKeyInUse => "idempotency_key_in_use",
+            InsufficientFunds { .. } => "insufficient_funds",
+            CurrencyMismatch { .. } => "currency_mismatch",
+            Unavailable(_) => "service_unavailable",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            Unauthorized(_) => "Unauthorized",
+            Forbidden(_) => "Forbidden",
+            WalletNotFound => "Wallet not found",
+            PaymentNotFound => "Payment not found",
+            RouteNotFound => "Not found",
+            MethodNotAllowed => "Method not allowed",
+            Malformed(_) => "Malformed request",
+            Validation(_) => "Validation failed",
+            PayloadTooLarge => "Payload too large",
+            IdempotencyKeyMissing => "Idempotency key missing",
+            IdempotencyKeyReused => "Idempotency key reused",
+            IdempotencyKeyInUse => "Idempotency key in use",
+            InsufficientFunds { .. } => "Insufficient funds",
+            CurrencyMismatch { .. } => "Currency mismatch",
+            Unavailable(_) => "Service unavailable",
+            Internal(_) => "Internal server error",
+        }
+    }
+
+    /// Business outcomes a client may see again on an idempotent retry. Auth, conflicts and
+    /// server-side failures are not stored: retrying them may well succeed.
+    pub fn is_replayable(&self) -> bool {
+        matches!(self.status().as_u16(), 400 | 404 | 422)
+    }
+
+    /// The problem+json document.
+    pub fn problem(&self) -> Value {
+        let detail = match self {
+            // Never show internals to a client; they are logged instead.
+            ApiError::Internal(_) => "an unexpected error occurred; it has been logged".to_owned(),
+            other => other.to_string(),
+        };
+        json!({
+            "type": format!("https://docs.wallet.example/problems/{}", self.code().replace('_', "-")),
+            "title": self.title(),
+            "status": self.status().as_u16(),
+            "detail": detail,
+            "code": self.code(),
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "request failed with an internal error")
+            }
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = %e, "request failed: database unavailable")
+            }
+            _ => {}
+        }
+        let mut response = json_response(self.status(), &self.problem());
+        if matches!(self, ApiError::Unavailable(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// A JSON response; error statuses get the problem+json content type.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    let content_type = if status.is_client_error() || status.is_server_error() {
+        PROBLEM_JSON
+    } else {
+        "application/json"
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,72 @@
+//! The HTTP API: routes, shared state and the middleware stack.
+
+pub mod error;
+pub mod extract;
+mod guard;
+mod ops;
+mod payments;
+mod wallets;
+
+use crate::auth::Verifier;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+use rdkafka::consumer::StreamConsumer;
+use shared::telemetry::PrometheusHandle;
+use sqlx::PgPool;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::timeout::TimeoutLayer;
+
+/// Request bodies above this are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub verifier: Verifier,
+    pub metrics: PrometheusHandle,
+    pub health: Health,
+}
+
+/// What `/readyz` checks besides the database.
+#[derive(Clone, Default)]
+pub struct Health {
+    /// The dispatcher is connected to RabbitMQ (absent when it runs elsewhere).
+    pub amqp: Option<Arc<AtomicBool>>,
+    /// The result consumer's Kafka client (absent when it runs elsewhere).
+    pub kafka: Option<Arc<StreamConsumer>>,
+}
+
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let api = Router::new()
+        .route("/v1/wallets", post(wallets::create))
+        .route("/v1/wallets/{id}", get(wallets::get))
+        .route("/v1/wallets/{id}/balance", get(wallets::balance))
+        .route("/v1/wallets/{id}/deposits", post(wallets::deposit))
+        .route("/v1/wallets/{id}/transactions", get(wallets::transactions))
+        .route("/v1/payments", post(payments::create).get(payments::list))
+        .route("/v1/payments/{id}", get(payments::get))
+        .route("/healthz", get(shared::telemetry::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(ops::openapi))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::RouteNotFound })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .with_state(state.clone());
+    Router::new()
+        .route(
+            "/metrics",
+            get(shared::telemetry::render_metrics).with_state(state.metrics),
+        )
+        .merge(api)
+        .layer(axum::middleware::from_fn(shared::telemetry::track_http))
+}

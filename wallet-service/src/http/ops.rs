@@ -1,0 +1,52 @@
+//! Health, readiness and the OpenAPI document.
+
+use super::AppState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use rdkafka::consumer::Consumer;
+use shared::telemetry::{readiness, Check};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let mut checks = Vec::new();
+    let db = tokio::time::timeout(
+        Duration::from_secs(1),
+        sqlx::query("SELECT 1").execute(&state.db),
+    )
+    .await;
+    checks.push(match db {
+        Ok(Ok(_)) => Check::ok("postgres"),
+        Ok(Err(e)) => Check::down("postgres", e.to_string()),
+        Err(_) => Check::down("postgres", "no answer within 1s"),
+    });
+    if let Some(amqp) = &state.health.amqp {
+        checks.push(if amqp.load(Ordering::Relaxed) {
+            Check::ok("rabbitmq")
+        } else {
+            Check::down("rabbitmq", "outbox dispatcher not connected")
+        });
+    }
+    if let Some(consumer) = state.health.kafka.clone() {
+        let probe = tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(None, Duration::from_secs(1))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        checks.push(match probe {
+            Ok(Ok(())) => Check::ok("kafka"),
+            Ok(Err(e)) => Check::down("kafka", e),
+            Err(e) => Check::down("kafka", e.to_string()),
+        });
+    }
+    readiness(checks)
+}
+
+static OPENAPI: &str = include_str!("../../openapi.json");
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}

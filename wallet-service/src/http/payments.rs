@@ -1,0 +1,147 @@
+//! `/v1/payments` routes.
+
+use super::error::{json_response, ApiError, ApiResult};
+use super::extract::{Auth, Fields, IdempotencyKey, JsonObject};
+use super::guard::{Guard, Started};
+use super::AppState;
+use crate::store::cursor::TimeCursor;
+use crate::store::payments::{self, AcceptOutcome, ListFilter, NewPayment};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
+use serde_json::json;
+use shared::ids::{PaymentId, WalletId};
+use shared::status::PaymentStatus;
+use std::collections::HashMap;
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+
+pub fn parse_limit(q: &HashMap<String, String>) -> ApiResult<i64> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::Validation(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))
+            }),
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    IdempotencyKey(key): IdempotencyKey,
+    uri: Uri,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let mut guard =
+        match Guard::begin(&state.db, &p.sub, Some(&key), "POST", uri.path(), &body).await? {
+            Started::Replay(r) => {
+                metrics::counter!("idempotent_replays_total").increment(1);
+                return Ok(r);
+            }
+            Started::Fresh(g) => g,
+        };
+    let outcome = async {
+        let f = Fields(&body);
+        let wallet_id: WalletId = f
+            .str("wallet_id")?
+            .parse()
+            .map_err(|_| ApiError::Validation("`wallet_id` must be a UUID".into()))?;
+        let amount = f.amount()?;
+        let currency = f.currency()?;
+        let merchant_id = f.text("merchant_id", 1, 64)?;
+        let description = f.opt_text("description", 500)?;
+        let traceparent = shared::trace::new_traceparent();
+        let new = NewPayment { wallet_id, owner_id: &p.sub, amount, currency, merchant_id, description };
+        match payments::accept(guard.conn(), new, p.admin, &traceparent).await? {
+            AcceptOutcome::Accepted(payment) => {
+                tracing::info!(payment_id = %payment.id, %wallet_id, amount = %amount, %currency, merchant_id, traceparent, "payment accepted; funds held");
+                metrics::counter!("payments_accepted_total").increment(1);
+                Ok((StatusCode::ACCEPTED, json!(payment)))
+            }
+            AcceptOutcome::WalletNotFound => Err(ApiError::WalletNotFound),
+            AcceptOutcome::NotOwner => Err(ApiError::Forbidden("payments can only be made from the principal's own wallets")),
+            AcceptOutcome::CurrencyMismatch { wallet } => Err(ApiError::CurrencyMismatch {
+                wallet: wallet.to_string(),
+                requested: currency.to_string(),
+            }),
+            AcceptOutcome::InsufficientFunds { available } => {
+                metrics::counter!("payments_refused_total", "reason" => "insufficient_funds").increment(1);
+                Err(ApiError::InsufficientFunds { available, requested: amount.minor_units() })
+            }
+        }
+    }
+    .await;
+    guard.finish(outcome).await
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id: PaymentId = id.parse().map_err(|_| ApiError::PaymentNotFound)?;
+    let mut conn = state.db.acquire().await?;
+    match payments::get(&mut conn, id).await? {
+        Some(payment) if p.can_read(&payment.owner_id) => {
+            Ok(json_response(StatusCode::OK, &json!(payment)))
+        }
+        _ => Err(ApiError::PaymentNotFound),
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let limit = parse_limit(&q)?;
+    let wallet_id = q
+        .get("wallet_id")
+        .map(|w| {
+            w.parse::<WalletId>()
+                .map_err(|_| ApiError::Validation("`wallet_id` must be a UUID".into()))
+        })
+        .transpose()?;
+    let status = q
+        .get("status")
+        .map(|s| {
+            PaymentStatus::parse(s).ok_or_else(|| {
+                ApiError::Validation("`status` must be pending, succeeded or failed".into())
+            })
+        })
+        .transpose()?;
+    let after = q
+        .get("cursor")
+        .map(|c| {
+            TimeCursor::decode(c)
+                .ok_or_else(|| ApiError::Validation("`cursor` is not a valid cursor".into()))
+        })
+        .transpose()?;
+    let filter = ListFilter {
+        owner_id: (!p.admin).then(|| p.sub.clone()),
+        wallet_id,
+        status,
+        after,
+        limit: limit + 1,
+    };
+    let mut conn = state.db.acquire().await?;
+    let mut rows = payments::list(&mut conn, &filter).await?;
+    let next = (rows.len() as i64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        let last = rows.last().expect("limit >= 1");
+        TimeCursor {
+            created_at: last.created_at,
+            id: last.id,
+        }
+        .encode()
+    });
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "data": rows, "next_cursor": next }),
+    ))
+}

@@ -1,0 +1,153 @@
+//! `/v1/wallets` routes.
+
+use super::error::{json_response, ApiError, ApiResult};
+use super::extract::{Auth, Fields, JsonObject, MaybeIdempotencyKey};
+use super::guard::{Guard, Started};
+use super::AppState;
+use crate::auth::Principal;
+use crate::store::{cursor, ledger, wallets};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
+use serde_json::json;
+use shared::ids::WalletId;
+use std::collections::HashMap;
+
+/// Loads a wallet the principal may read; anything else is "not found", so ids of other
+/// principals' wallets do not leak.
+async fn visible_wallet(state: &AppState, p: &Principal, id: &str) -> ApiResult<wallets::Wallet> {
+    let id: WalletId = id.parse().map_err(|_| ApiError::WalletNotFound)?;
+    let mut conn = state.db.acquire().await?;
+    match wallets::get(&mut conn, id).await? {
+        Some(w) if p.can_read(&w.owner_id) => Ok(w),
+        _ => Err(ApiError::WalletNotFound),
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    MaybeIdempotencyKey(key): MaybeIdempotencyKey,
+    uri: Uri,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    let key = key.map(|k| k.0);
+    let mut guard =
+        match Guard::begin(&state.db, &p.sub, key.as_deref(), "POST", uri.path(), &body).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(g) => g,
+        };
+    let outcome = async {
+        let f = Fields(&body);
+        let currency = f.currency()?;
+        let owner = match f.opt_str("owner_id")? {
+            None => p.sub.as_str(),
+            Some(o) if o == p.sub || p.admin => {
+                if o.is_empty() || o.len() > 255 {
+                    return Err(ApiError::Validation("`owner_id` must be 1 to 255 bytes".into()));
+                }
+                o
+            }
+            Some(_) => return Err(ApiError::Forbidden("only the admin scope may create wallets for another owner")),
+        };
+        let wallet = wallets::create(guard.conn(), owner, currency).await?;
+        tracing::info!(wallet_id = %wallet.id, owner_id = %wallet.owner_id, currency = %wallet.currency, "wallet created");
+        Ok((StatusCode::CREATED, json!(wallet)))
+    }
+    .await;
+    guard.finish(outcome).await
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let wallet = visible_wallet(&state, &p, &id).await?;
+    Ok(json_response(StatusCode::OK, &json!(wallet)))
+}
+
+pub async fn balance(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let w = visible_wallet(&state, &p, &id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "wallet_id": w.id,
+            "currency": w.currency,
+            "available": w.available,
+            "held": w.held,
+            "as_of": chrono::Utc::now(),
+        }),
+    ))
+}
+
+pub async fn deposit(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    MaybeIdempotencyKey(key): MaybeIdempotencyKey,
+    Path(id): Path<String>,
+    uri: Uri,
+    JsonObject(body): JsonObject,
+) -> ApiResult<Response> {
+    if !p.admin {
+        return Err(ApiError::Forbidden("deposits need the admin scope"));
+    }
+    let key = key.ok_or(ApiError::IdempotencyKeyMissing)?.0;
+    let mut guard =
+        match Guard::begin(&state.db, &p.sub, Some(&key), "POST", uri.path(), &body).await? {
+            Started::Replay(r) => return Ok(r),
+            Started::Fresh(g) => g,
+        };
+    let outcome = async {
+        let wallet_id: WalletId = id.parse().map_err(|_| ApiError::WalletNotFound)?;
+        let f = Fields(&body);
+        let amount = f.amount()?;
+        let currency = f.currency()?;
+        let reference = f.opt_text("reference", 255)?;
+        match wallets::deposit(guard.conn(), wallet_id, amount, currency, reference).await? {
+            wallets::DepositOutcome::Done(d) => {
+                tracing::info!(%wallet_id, deposit_id = %d.id, amount = %amount, %currency, "deposit credited");
+                metrics::counter!("deposits_total").increment(1);
+                Ok((StatusCode::CREATED, json!(d)))
+            }
+            wallets::DepositOutcome::WalletNotFound => Err(ApiError::WalletNotFound),
+            wallets::DepositOutcome::CurrencyMismatch { wallet } => Err(ApiError::CurrencyMismatch {
+                wallet: wallet.to_string(),
+                requested: currency.to_string(),
+            }),
+        }
+    }
+    .await;
+    guard.finish(outcome).await
+}
+
+pub async fn transactions(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let wallet = visible_wallet(&state, &p, &id).await?;
+    let limit = super::payments::parse_limit(&q)?;
+    let before = match q.get("cursor") {
+        None => None,
+        Some(c) => Some(
+            cursor::decode_seq(c)
+                .ok_or_else(|| ApiError::Validation("`cursor` is not a valid cursor".into()))?,
+        ),
+    };
+    let mut conn = state.db.acquire().await?;
+    let mut entries = ledger::page(&mut conn, WalletId(wallet.id), before, limit + 1).await?;
+    let next = (entries.len() as i64 > limit).then(|| {
+        entries.truncate(limit as usize);
+        cursor::encode_seq(entries.last().expect("limit >= 1").seq)
+    });
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "data": entries, "next_cursor": next }),
+    ))
+}

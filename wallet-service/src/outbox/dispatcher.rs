@@ -1,0 +1,271 @@
+//! Relays outbox rows to RabbitMQ.
+//!
+//! A batch is claimed with `FOR UPDATE SKIP LOCKED` (so several dispatchers share the work
+//! without publishing the same row twice), published persistent with publisher confirms, and
+//! marked published only for the rows the broker confirmed, in the same transaction that
+//! holds the claim. A crash before that commit leaves the rows unpublished: they are sent
+//! again (at-least-once) and the consumers deduplicate.
+
+use crate::config::DispatcherConfig;
+use crate::outbox::{self, NOTIFY_CHANNEL};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use shared::backoff::Backoff;
+use shared::shutdown::Shutdown;
+use shared::topology::{self, AmqpTopology};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub struct Dispatcher {
+    pub pool: PgPool,
+    pub amqp_url: String,
+    pub topology: AmqpTopology,
+    pub config: DispatcherConfig,
+    /// True while connected to RabbitMQ with the topology declared (for `/readyz`).
+    pub connected: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "outbox_published_total",
+        "Outbox events published and confirmed by RabbitMQ."
+    );
+    metrics::describe_counter!(
+        "outbox_publish_failures_total",
+        "Outbox publishes the broker refused or did not confirm."
+    );
+    metrics::describe_histogram!(
+        "outbox_publish_batch_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to publish and confirm one outbox batch."
+    );
+    metrics::describe_gauge!("outbox_backlog", "Outbox events not yet published.");
+    metrics::describe_gauge!(
+        "outbox_oldest_unpublished_age_seconds",
+        metrics::Unit::Seconds,
+        "Age of the oldest unpublished outbox event."
+    );
+}
+
+impl Dispatcher {
+    /// Runs until shutdown, reconnecting to RabbitMQ and PostgreSQL as needed.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut attempt = 0;
+        while !shutdown.is_triggered() {
+            match self.connect().await {
+                Ok((conn, channel)) => {
+                    attempt = 0;
+                    self.connected.store(true, Ordering::Relaxed);
+                    tracing::info!(exchange = %self.topology.exchange, "outbox dispatcher connected to RabbitMQ");
+                    let reason = self.relay(&channel, &mut shutdown).await;
+                    self.connected.store(false, Ordering::Relaxed);
+                    let _ = conn.close(200, "dispatcher stopping".into()).await;
+                    match reason {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "outbox dispatcher lost RabbitMQ; reconnecting")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "outbox dispatcher cannot reach RabbitMQ; retrying");
+                }
+            }
+            let delay = backoff.delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        tracing::info!("outbox dispatcher stopped");
+    }
+
+    async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology.declare(&channel).await?;
+        Ok((conn, channel))
+    }
+
+    /// Publishes batches until shutdown (Ok) or a broker failure (Err).
+    async fn relay(&self, channel: &Channel, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+        let mut listener = None;
+        let db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut db_failures = 0;
+        loop {
+            if shutdown.is_triggered() {
+                return Ok(());
+            }
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            match self.publish_batch(channel).await {
+                Ok(n) => {
+                    db_failures = 0;
+                    if n as i64 >= self.config.outbox_batch_size {
+                        continue; // More may be waiting: no need to sleep.
+                    }
+                }
+                Err(BatchError::Broker(e)) => return Err(e.into()),
+                Err(BatchError::Db(e)) => {
+                    tracing::warn!(error = %e, "outbox dispatcher cannot read the outbox; retrying");
+                    listener = None;
+                    let delay = db_backoff.delay(db_failures);
+                    db_failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait() => return Ok(()),
+                    }
+                    continue;
+                }
+            }
+            // Wait for a notification, the poll interval, or shutdown.
+            let poll = tokio::time::sleep(self.config.outbox_poll_interval);
+            match listener.as_mut() {
+                Some(l) => tokio::select! {
+                    n = l.recv() => if n.is_err() { listener = None },
+                    _ = poll => {}
+                    _ = shutdown.wait() => return Ok(()),
+                },
+                None => tokio::select! {
+                    _ = poll => {}
+                    _ = shutdown.wait() => return Ok(()),
+                },
+            }
+            if !channel.status().connected() {
+                return Err(anyhow::anyhow!("channel closed"));
+            }
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut l = PgListener::connect_with(&self.pool).await.ok()?;
+        l.listen(NOTIFY_CHANNEL).await.ok()?;
+        Some(l)
+    }
+
+    /// Claims, publishes and marks one batch. Returns how many rows were claimed.
+    async fn publish_batch(&self, channel: &Channel) -> Result<usize, BatchError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(Uuid, Uuid, String, serde_json::Value, Option<String>)> = sqlx::query_as(
+            "SELECT id, aggregate_id, event_type, payload, traceparent FROM outbox
+             WHERE published_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.config.outbox_batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let start = Instant::now();
+        let mut pending = Vec::with_capacity(rows.len());
+        for (id, aggregate_id, event_type, payload, traceparent) in &rows {
+            let body = serde_json::to_vec(payload).expect("a JSON value serializes");
+            let traceparent = traceparent
+                .clone()
+                .unwrap_or_else(shared::trace::new_traceparent);
+            let headers = topology::headers([
+                ("traceparent", traceparent.as_str()),
+                ("payment_id", aggregate_id.to_string().as_str()),
+            ]);
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2) // persistent
+                .with_content_type("application/json".into())
+                .with_message_id(id.to_string().into())
+                .with_correlation_id(aggregate_id.to_string().into())
+                .with_type(event_type.as_str().into())
+                .with_headers(headers);
+            let confirm = channel
+                .basic_publish(
+                    self.topology.exchange.as_str().into(),
+                    self.topology.routing_key.as_str().into(),
+                    // Mandatory: an unroutable message comes back instead of vanishing.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await?;
+            pending.push((*id, *aggregate_id, confirm));
+        }
+        let mut published = Vec::with_capacity(pending.len());
+        let mut failed = Vec::new();
+        for (id, payment_id, confirm) in pending {
+            match confirm.await {
+                Ok(lapin::Confirmation::Ack(None)) => {
+                    tracing::debug!(%payment_id, event_id = %id, "payment request published");
+                    published.push(id);
+                }
+                Ok(_) => {
+                    tracing::warn!(%payment_id, event_id = %id, "RabbitMQ refused or returned an outbox event; will retry");
+                    failed.push(id);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        sqlx::query(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+        )
+        .bind(&published)
+        .execute(&mut *tx)
+        .await?;
+        if !failed.is_empty() {
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = 'nacked or returned by broker' WHERE id = ANY($1)")
+                .bind(&failed)
+                .execute(&mut *tx)
+                .await?;
+            metrics::counter!("outbox_publish_failures_total").increment(failed.len() as u64);
+        }
+        tx.commit().await?;
+        metrics::counter!("outbox_published_total").increment(published.len() as u64);
+        metrics::histogram!("outbox_publish_batch_duration_seconds")
+            .record(start.elapsed().as_secs_f64());
+        Ok(rows.len())
+    }
+}
+
+/// Periodically exports the outbox backlog gauges and prunes old rows.
+pub async fn maintain(pool: PgPool, retention_secs: i64, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut prune_every = 0u32;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        if let Ok((count, age)) = outbox::backlog(&pool).await {
+            metrics::gauge!("outbox_backlog").set(count as f64);
+            metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(age);
+        }
+        prune_every += 1;
+        if prune_every % 60 == 0 {
+            match outbox::prune(&pool, retention_secs).await {
+                Ok(n) if n > 0 => tracing::info!(
+                    rows = n,
+                    "pruned published outbox rows and expired idempotency keys"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Everything that reads or writes PostgreSQL. Functions take a connection (or
+//! transaction) so callers decide what commits together.
+
+pub mod cursor;
+pub mod ledger;
+pub mod payments;
+pub mod wallets;

@@ -1,0 +1,291 @@
+//! Payments: accepting one (the hold) and finalizing one (capture or release).
+
+use super::cursor::TimeCursor;
+use super::ledger::{self, EntryKind};
+use crate::outbox;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::events::{PaymentRequested, RequestedPayment};
+use shared::ids::{EventId, PaymentId, WalletId};
+use shared::money::{Amount, Currency};
+use shared::status::{FailureReason, Outcome, PaymentStatus};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Payment {
+    pub id: Uuid,
+    pub wallet_id: Uuid,
+    pub amount: i64,
+    #[sqlx(try_from = "String")]
+    pub currency: Currency,
+    pub merchant_id: String,
+    pub description: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub status: PaymentStatus,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finalized_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub owner_id: String,
+}
+
+const PAYMENT_COLUMNS: &str = "id, wallet_id, amount, currency, merchant_id, description, status, \
+     failure_reason, created_at, updated_at, finalized_at, owner_id";
+
+pub struct NewPayment<'a> {
+    pub wallet_id: WalletId,
+    pub owner_id: &'a str,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub merchant_id: &'a str,
+    pub description: Option<&'a str>,
+}
+
+#[derive(Debug)]
+pub enum AcceptOutcome {
+    Accepted(Payment),
+    WalletNotFound,
+    /// The wallet exists and the caller may see it, but it is not theirs to spend.
+    NotOwner,
+    CurrencyMismatch {
+        wallet: Currency,
+    },
+    InsufficientFunds {
+        available: i64,
+    },
+}
+
+/// Holds the amount and writes the payment, its `hold` entry and its outbox event.
+///
+/// The wallet UPDATE is the first write and the only one that can refuse, so a refused
+/// payment leaves nothing behind in the caller's transaction. `available >= amount` is
+/// re-checked by PostgreSQL on the locked row, so concurrent payments cannot overdraw, and
+/// the CHECK constraint would stop the update even if this condition were wrong.
+pub async fn accept(
+    conn: &mut PgConnection,
+    new: NewPayment<'_>,
+    caller_is_admin: bool,
+    traceparent: &str,
+) -> Result<AcceptOutcome, sqlx::Error> {
+    let amount = new.amount.minor_units();
+    let held: Option<(i64, i64)> = sqlx::query_as(
+        "UPDATE wallets SET available = available - $2, held = held + $2, updated_at = now()
+         WHERE id = $1 AND owner_id = $3 AND currency = $4 AND available >= $2
+         RETURNING available, held",
+    )
+    .bind(new.wallet_id.0)
+    .bind(amount)
+    .bind(new.owner_id)
+    .bind(new.currency.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+
+    let Some((available_after, held_after)) = held else {
+        return Ok(match super::wallets::get(conn, new.wallet_id).await? {
+            None => AcceptOutcome::WalletNotFound,
+            Some(w) if w.owner_id != new.owner_id => {
+                if caller_is_admin {
+                    AcceptOutcome::NotOwner
+                } else {
+                    AcceptOutcome::WalletNotFound
+                }
+            }
+            Some(w) if w.currency != new.currency => {
+                AcceptOutcome::CurrencyMismatch { wallet: w.currency }
+            }
+            Some(w) => AcceptOutcome::InsufficientFunds {
+                available: w.available,
+            },
+        });
+    };
+
+    let payment_id = PaymentId::new();
+    let payment: Payment = sqlx::query_as(&format!(
+        "INSERT INTO payments (id, wallet_id, owner_id, amount, currency, merchant_id, description)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {PAYMENT_COLUMNS}"
+    ))
+    .bind(payment_id.0)
+    .bind(new.wallet_id.0)
+    .bind(new.owner_id)
+    .bind(amount)
+    .bind(new.currency.as_str())
+    .bind(new.merchant_id)
+    .bind(new.description)
+    .fetch_one(&mut *conn)
+    .await?;
+
+    ledger::append(
+        &mut *conn,
+        ledger::NewEntry {
+            wallet_id: new.wallet_id,
+            kind: EntryKind::Hold,
+            amount: new.amount,
+            payment_id: Some(payment_id),
+            reference: None,
+            available_after,
+            held_after,
+        },
+    )
+    .await?;
+
+    let event = PaymentRequested::new(
+        EventId::new(),
+        payment.created_at,
+        RequestedPayment {
+            id: payment_id,
+            wallet_id: new.wallet_id,
+            amount: new.amount,
+            currency: new.currency,
+            merchant_id: new.merchant_id.to_owned(),
+        },
+    );
+    outbox::enqueue(conn, &event, traceparent).await?;
+    Ok(AcceptOutcome::Accepted(payment))
+}
+
+pub async fn get(conn: &mut PgConnection, id: PaymentId) -> Result<Option<Payment>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
+    ))
+    .bind(id.0)
+    .fetch_optional(conn)
+    .await
+}
+
+pub struct ListFilter {
+    /// Only this owner's payments; `None` for an admin listing everything.
+    pub owner_id: Option<String>,
+    pub wallet_id: Option<WalletId>,
+    pub status: Option<PaymentStatus>,
+    pub after: Option<TimeCursor>,
+    pub limit: i64,
+}
+
+/// A page of payments, newest first.
+pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Payment>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments
+         WHERE ($1::text IS NULL OR owner_id = $1)
+           AND ($2::uuid IS NULL OR wallet_id = $2)
+           AND ($3::text IS NULL OR status = $3)
+           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $6"
+    ))
+    .bind(f.owner_id.as_deref())
+    .bind(f.wallet_id.map(|w| w.0))
+    .bind(f.status.map(PaymentStatus::as_str))
+    .bind(f.after.map(|c| c.created_at))
+    .bind(f.after.map(|c| c.id).unwrap_or_default())
+    .bind(f.limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// What applying one result did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The payment moved from pending to its final status.
+    Finalized {
+        status: PaymentStatus,
+        pending_for: chrono::Duration,
+    },
+    /// This event id was applied before.
+    DuplicateEvent,
+    /// The payment was already final; the result changes nothing.
+    AlreadyFinal { status: PaymentStatus },
+    /// No such payment.
+    UnknownPayment,
+}
+
+/// Applies one gateway result. Exactly once per event id (the inbox), and at most one
+/// transition per payment (`WHERE status = 'pending'`), however often results arrive.
+pub async fn finalize(
+    conn: &mut PgConnection,
+    event_id: EventId,
+    payment_id: PaymentId,
+    outcome: Outcome,
+    failure_reason: Option<FailureReason>,
+    gateway_reference: Option<&str>,
+) -> Result<Applied, sqlx::Error> {
+    let fresh = sqlx::query(
+        "INSERT INTO processed_events (event_id, payment_id, outcome, applied) VALUES ($1, $2, $3, false)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event_id.0)
+    .bind(payment_id.0)
+    .bind(outcome.as_str())
+    .execute(&mut *conn)
+    .await?;
+    if fresh.rows_affected() == 0 {
+        return Ok(Applied::DuplicateEvent);
+    }
+
+    let status = PaymentStatus::from(outcome);
+    let moved: Option<(Uuid, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "UPDATE payments
+         SET status = $2, failure_reason = $3, gateway_reference = $4, finalized_at = now(), updated_at = now()
+         WHERE id = $1 AND status = 'pending'
+         RETURNING wallet_id, amount, created_at, finalized_at",
+    )
+    .bind(payment_id.0)
+    .bind(status.as_str())
+    .bind(failure_reason.map(FailureReason::as_str))
+    .bind(gateway_reference)
+    .fetch_optional(&mut *conn)
+    .await?;
+
+    let Some((wallet_id, amount, created_at, finalized_at)) = moved else {
+        let current: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM payments WHERE id = $1")
+                .bind(payment_id.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+        return Ok(match current.and_then(|(s,)| PaymentStatus::parse(&s)) {
+            Some(status) => Applied::AlreadyFinal { status },
+            None => Applied::UnknownPayment,
+        });
+    };
+
+    // Capture removes the amount from `held`; release moves it back to `available`.
+    let (kind, balances_sql) = match outcome {
+        Outcome::Succeeded => (
+            EntryKind::Capture,
+            "UPDATE wallets SET held = held - $2, updated_at = now() WHERE id = $1 RETURNING available, held",
+        ),
+        Outcome::Failed => (
+            EntryKind::Release,
+            "UPDATE wallets SET held = held - $2, available = available + $2, updated_at = now()
+             WHERE id = $1 RETURNING available, held",
+        ),
+    };
+    let (available_after, held_after): (i64, i64) = sqlx::query_as(balances_sql)
+        .bind(wallet_id)
+        .bind(amount)
+        .fetch_one(&mut *conn)
+        .await?;
+    let amount = Amount::new(amount).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    ledger::append(
+        &mut *conn,
+        ledger::NewEntry {
+            wallet_id: WalletId(wallet_id),
+            kind,
+            amount,
+            payment_id: Some(payment_id),
+            reference: gateway_reference,
+            available_after,
+            held_after,
+        },
+    )
+    .await?;
+    sqlx::query("UPDATE processed_events SET applied = true WHERE event_id = $1")
+        .bind(event_id.0)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Applied::Finalized {
+        status,
+        pending_for: finalized_at - created_at,
+    })
+}
