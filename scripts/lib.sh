@@ -45,9 +45,11 @@ TANSU_DIR="$RUN_DIR/tansu"
 SERVICES=(mock-gateway processor-service wallet-service)
 
 export DEBIAN_FRONTEND=noninteractive
-# rustup installs cargo here; non-login shells (CI) often lack it on PATH.
-if [[ -d "${CARGO_HOME:-$HOME/.cargo}/bin" ]]; then
-    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# rustup installs cargo (and cargo install puts tansu) here; non-login shells (CI) often
+# lack it on PATH. Appended, so an explicit PATH still wins.
+CARGO_BIN_DIR="${CARGO_HOME:-$HOME/.cargo}/bin"
+if [[ -d "$CARGO_BIN_DIR" && ":$PATH:" != *":$CARGO_BIN_DIR:"* ]]; then
+    PATH="$PATH:$CARGO_BIN_DIR"
 fi
 export PATH
 

@@ -63,8 +63,18 @@ pub async fn start(
     metrics: shared::telemetry::PrometheusHandle,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
-    describe_metrics();
     let pool = connect_db(&cfg.db).await?;
+    start_with_pool(cfg, pool, metrics, shutdown).await
+}
+
+/// Starts the service on an existing pool (tests hand in a fresh database's pool).
+pub async fn start_with_pool(
+    cfg: ServeConfig,
+    pool: PgPool,
+    metrics: shared::telemetry::PrometheusHandle,
+    shutdown: Shutdown,
+) -> anyhow::Result<Running> {
+    describe_metrics();
     // Migrations need the database; retry for a while so start order does not matter.
     let mut tries = 0;
     loop {

@@ -1,0 +1,613 @@
+//! The HTTP contract of API.md, against a real PostgreSQL (a fresh database per test).
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+async fn problem(r: reqwest::Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+    body
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn wallet_lifecycle_create_deposit_and_read(pool: PgPool) {
+    let app = spawn(pool, Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    let w: Value = app
+        .get(&format!("/v1/wallets/{id}"), &token("alice"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(w["owner_id"], "alice");
+    assert_eq!(w["currency"], "EUR");
+    assert_eq!(
+        (w["available"].as_i64(), w["held"].as_i64()),
+        (Some(0), Some(0))
+    );
+
+    let r = app
+        .post(
+            &format!("/v1/wallets/{id}/deposits"),
+            &admin_token(),
+            Some("dep-1"),
+            &json!({"amount": 5000, "currency": "EUR", "reference": "wire 7"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(d["balance"], json!({"available": 5000, "held": 0}));
+    assert_eq!(d["wallet_id"], id.as_str());
+    assert_eq!(app.balance("alice", &id).await, (5000, 0));
+
+    let tx: Value = app
+        .get(&format!("/v1/wallets/{id}/transactions"), &token("alice"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tx["data"][0]["kind"], "deposit");
+    assert_eq!(tx["data"][0]["available_after"], 5000);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn accepting_a_payment_holds_funds_and_writes_payment_ledger_and_outbox_together(
+    pool: PgPool,
+) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 10_000, "EUR").await;
+    let r = app.pay("alice", &id, 2_500, "m_1").await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["status"], "pending");
+    assert_eq!(p["failure_reason"], Value::Null);
+    assert_eq!(p["finalized_at"], Value::Null);
+    assert_eq!(app.balance("alice", &id).await, (7_500, 2_500));
+
+    let (payload,): (Value,) =
+        sqlx::query_as("SELECT payload FROM outbox WHERE aggregate_id = $1::uuid")
+            .bind(p["id"].as_str().unwrap())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(payload["type"], "payment.requested");
+    assert_eq!(payload["version"], 1);
+    assert_eq!(payload["payment"]["amount"], 2_500);
+    assert_eq!(payload["payment"]["merchant_id"], "m_1");
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM ledger_entries ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kinds, ["deposit", "hold"]);
+
+    let got: Value = app
+        .get(
+            &format!("/v1/payments/{}", p["id"].as_str().unwrap()),
+            &token("alice"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, p);
+    assert_money_conserved(&pool).await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn insufficient_funds_is_refused_and_changes_nothing(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 1_000, "EUR").await;
+    let body = problem(
+        app.pay("alice", &id, 1_001, "m").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("1000"));
+    assert_eq!(app.balance("alice", &id).await, (1_000, 0));
+    assert_eq!(count(&pool, "payments").await, 0);
+    assert_eq!(count(&pool, "outbox").await, 0);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn concurrent_payments_never_overdraw_a_wallet(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 1_000, "EUR").await;
+    let attempts = (0..40).map(|_| app.pay("alice", &id, 100, "m"));
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+    let accepted = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::ACCEPTED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    assert_eq!((accepted, refused), (10, 30), "{statuses:?}");
+    assert_eq!(app.balance("alice", &id).await, (0, 1_000));
+    assert_money_conserved(&pool).await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn the_database_refuses_a_negative_balance_even_if_code_were_wrong(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    let err = sqlx::query("UPDATE wallets SET available = available - 1 WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().expect("a database error");
+    assert_eq!(db.constraint(), Some("wallets_available_non_negative"));
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn bad_payment_requests_get_precise_errors_and_change_nothing(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    let usd = app.create_wallet("alice", "USD").await;
+    app.deposit(&id, 1_000, "EUR").await;
+    let alice = token("alice");
+    let pay = |body: Value| {
+        let key = uuid::Uuid::new_v4().to_string();
+        let app = &app;
+        let alice = alice.clone();
+        async move { app.post("/v1/payments", &alice, Some(&key), &body).await }
+    };
+    let base = json!({"wallet_id": id, "amount": 100, "currency": "EUR", "merchant_id": "m"});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    for (body, status, code) in [
+        (with("amount", json!(0)), 422, "validation_failed"),
+        (with("amount", json!(-5)), 422, "validation_failed"),
+        (
+            with("amount", json!(1_000_000_000_001i64)),
+            422,
+            "validation_failed",
+        ),
+        (with("amount", json!(1e30)), 422, "validation_failed"),
+        (with("amount", json!(10.5)), 422, "validation_failed"),
+        (with("amount", json!("100")), 400, "malformed_request"),
+        (with("currency", json!("XYZ")), 422, "validation_failed"),
+        (with("currency", json!("eur")), 422, "validation_failed"),
+        (with("currency", json!("USD")), 422, "currency_mismatch"),
+        (with("merchant_id", json!("")), 422, "validation_failed"),
+        (
+            with("merchant_id", json!("m".repeat(65))),
+            422,
+            "validation_failed",
+        ),
+        (
+            with("description", json!("d".repeat(501))),
+            422,
+            "validation_failed",
+        ),
+        (
+            with("wallet_id", json!("not-a-uuid")),
+            422,
+            "validation_failed",
+        ),
+        (
+            with("wallet_id", json!(uuid::Uuid::now_v7())),
+            404,
+            "wallet_not_found",
+        ),
+        (with("wallet_id", json!(usd)), 422, "currency_mismatch"),
+        (json!({"amount": 100}), 422, "validation_failed"),
+        (json!([1, 2]), 400, "malformed_request"),
+    ] {
+        let r = pay(body.clone()).await;
+        let status = StatusCode::from_u16(status).unwrap();
+        assert_eq!(r.status(), status, "for {body}");
+        problem(r, status, code).await;
+    }
+    // Not JSON at all.
+    let r = app
+        .http
+        .post(format!("{}/v1/payments", app.url))
+        .bearer_auth(&alice)
+        .header("Idempotency-Key", "raw-1")
+        .body("{\"amount\": ")
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::BAD_REQUEST, "malformed_request").await;
+    // Oversized body.
+    let big = json!({"wallet_id": id, "amount": 1, "currency": "EUR", "merchant_id": "m", "description": "x".repeat(70_000)});
+    problem(
+        pay(big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    // No idempotency key.
+    problem(
+        app.post("/v1/payments", &alice, None, &base).await,
+        StatusCode::BAD_REQUEST,
+        "idempotency_key_missing",
+    )
+    .await;
+    // A key that is not visible ASCII.
+    problem(
+        app.post("/v1/payments", &alice, Some(&"k".repeat(256)), &base)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+
+    assert_eq!(count(&pool, "payments").await, 0);
+    assert_eq!(count(&pool, "outbox").await, 0);
+    assert_eq!(app.balance("alice", &id).await, (1_000, 0));
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn authentication_and_ownership(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 1_000, "EUR").await;
+    let payment: Value = app.pay("alice", &id, 100, "m").await.json().await.unwrap();
+    let pid = payment["id"].as_str().unwrap();
+
+    // No token, garbage, wrong secret, expired.
+    let r = app
+        .http
+        .get(format!("{}/v1/wallets/{id}", app.url))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    problem(
+        app.get(&format!("/v1/wallets/{id}"), "garbage").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    let forged = wallet_service::auth::mint("some-other-secret-0123456789", "alice", true, 600);
+    problem(
+        app.get(&format!("/v1/wallets/{id}"), &forged).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+
+    // Another principal sees nothing of alice's, and learns nothing from the answer.
+    let bob = token("bob");
+    for path in [
+        format!("/v1/wallets/{id}"),
+        format!("/v1/wallets/{id}/balance"),
+        format!("/v1/wallets/{id}/transactions"),
+    ] {
+        problem(
+            app.get(&path, &bob).await,
+            StatusCode::NOT_FOUND,
+            "wallet_not_found",
+        )
+        .await;
+    }
+    problem(
+        app.get(&format!("/v1/payments/{pid}"), &bob).await,
+        StatusCode::NOT_FOUND,
+        "payment_not_found",
+    )
+    .await;
+    let list: Value = app.get("/v1/payments", &bob).await.json().await.unwrap();
+    assert_eq!(list["data"], json!([]));
+    problem(
+        app.pay("bob", &id, 100, "m").await,
+        StatusCode::NOT_FOUND,
+        "wallet_not_found",
+    )
+    .await;
+
+    // Only admin deposits; admin reads everything.
+    let r = app
+        .post(
+            &format!("/v1/wallets/{id}/deposits"),
+            &token("alice"),
+            Some("d"),
+            &json!({"amount": 5, "currency": "EUR"}),
+        )
+        .await;
+    problem(r, StatusCode::FORBIDDEN, "forbidden").await;
+    assert_eq!(
+        app.get(&format!("/v1/payments/{pid}"), &admin_token())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let r = app
+        .post(
+            &format!("/v1/wallets/{id}/deposits"),
+            &admin_token(),
+            Some("d2"),
+            &json!({"amount": 5, "currency": "USD"}),
+        )
+        .await;
+    problem(r, StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch").await;
+    let r = app
+        .post(
+            &format!("/v1/wallets/{}/deposits", uuid::Uuid::now_v7()),
+            &admin_token(),
+            Some("d3"),
+            &json!({"amount": 5, "currency": "EUR"}),
+        )
+        .await;
+    problem(r, StatusCode::NOT_FOUND, "wallet_not_found").await;
+    assert_eq!(app.balance("alice", &id).await, (900, 100));
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn idempotent_retries_replay_the_first_response(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 1_000, "EUR").await;
+    let alice = token("alice");
+    let body = json!({"wallet_id": id, "amount": 300, "currency": "EUR", "merchant_id": "m"});
+    let first = app.post("/v1/payments", &alice, Some("key-1"), &body).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    // Same request, keys reordered: the same payment, flagged as a replay.
+    let reordered: Value = serde_json::from_str(&format!(
+        r#"{{"merchant_id":"m","currency":"EUR","amount":300,"wallet_id":"{id}"}}"#
+    ))
+    .unwrap();
+    let again = app
+        .post("/v1/payments", &alice, Some("key-1"), &reordered)
+        .await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(count(&pool, "payments").await, 1);
+    assert_eq!(app.balance("alice", &id).await, (700, 300));
+
+    // Same key, different body.
+    let other = json!({"wallet_id": id, "amount": 301, "currency": "EUR", "merchant_id": "m"});
+    problem(
+        app.post("/v1/payments", &alice, Some("key-1"), &other)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    // Keys are per principal: bob's "key-1" is his own.
+    let bob_wallet = app.create_wallet("bob", "EUR").await;
+    app.deposit(&bob_wallet, 50, "EUR").await;
+    let bob_body =
+        json!({"wallet_id": bob_wallet, "amount": 50, "currency": "EUR", "merchant_id": "m"});
+    assert_eq!(
+        app.post("/v1/payments", &token("bob"), Some("key-1"), &bob_body)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+
+    // A business refusal is replayed too, even after funds arrive.
+    let big = json!({"wallet_id": id, "amount": 5_000, "currency": "EUR", "merchant_id": "m"});
+    let refused = problem(
+        app.post("/v1/payments", &alice, Some("key-2"), &big).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    app.deposit(&id, 10_000, "EUR").await;
+    let replay = app.post("/v1/payments", &alice, Some("key-2"), &big).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        problem(
+            replay,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "insufficient_funds"
+        )
+        .await,
+        refused
+    );
+    assert_eq!(count(&pool, "payments").await, 2);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_key_in_flight_answers_409(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 1_000, "EUR").await;
+    // Another transaction holds the key, exactly as a first request still executing does.
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))")
+        .bind("alice")
+        .bind("busy-key")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let body = json!({"wallet_id": id, "amount": 100, "currency": "EUR", "merchant_id": "m"});
+    problem(
+        app.post("/v1/payments", &token("alice"), Some("busy-key"), &body)
+            .await,
+        StatusCode::CONFLICT,
+        "idempotency_key_in_use",
+    )
+    .await;
+    holder.rollback().await.unwrap();
+    // Once it is released, the key works, and the 409 was not stored.
+    assert_eq!(
+        app.post("/v1/payments", &token("alice"), Some("busy-key"), &body)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn lists_paginate_newest_first(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 10_000, "EUR").await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let p: Value = app.pay("alice", &id, 10, "m").await.json().await.unwrap();
+        ids.push(p["id"].as_str().unwrap().to_owned());
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/payments?wallet_id={id}&limit=2&cursor={c}"),
+            None => format!("/v1/payments?wallet_id={id}&limit=2"),
+        };
+        let page: Value = app.get(&path, &token("alice")).await.json().await.unwrap();
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let pending: Value = app
+        .get("/v1/payments?status=pending&limit=100", &token("alice"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["data"].as_array().unwrap().len(), 5);
+    let none: Value = app
+        .get("/v1/payments?status=failed", &token("alice"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["data"], json!([]));
+    for bad in [
+        "/v1/payments?limit=0",
+        "/v1/payments?limit=101",
+        "/v1/payments?status=odd",
+        "/v1/payments?cursor=zzz",
+        "/v1/payments?wallet_id=x",
+    ] {
+        problem(
+            app.get(bad, &token("alice")).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
+    let tx: Value = app
+        .get(
+            &format!("/v1/wallets/{id}/transactions?limit=4"),
+            &token("alice"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tx["data"].as_array().unwrap().len(), 4);
+    let rest: Value = app
+        .get(
+            &format!(
+                "/v1/wallets/{id}/transactions?limit=4&cursor={}",
+                tx["next_cursor"].as_str().unwrap()
+            ),
+            &token("alice"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["data"].as_array().unwrap().len(), 2);
+    assert_eq!(rest["data"][1]["kind"], "deposit");
+    assert_eq!(rest["next_cursor"], Value::Null);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn operational_endpoints_and_unknown_routes(pool: PgPool) {
+    let app = spawn(pool, Opts::default()).await;
+    let r = app
+        .http
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = app
+        .http
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let r = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    problem(
+        app.get("/v1/nothing-here", &token("alice")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let r = app
+        .http
+        .delete(format!("{}/v1/payments", app.url))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    app.stop().await;
+}

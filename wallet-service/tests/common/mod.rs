@@ -1,0 +1,234 @@
+//! Test harness: the wallet service in-process on a fresh database and a random port.
+#![allow(dead_code)]
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use wallet_service::config::{BrokerConfig, DbConfig, DispatcherConfig, ServeConfig};
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A prefix that gives one test its own exchanges, queues and topics.
+pub fn unique_prefix() -> String {
+    format!("t{}.", uuid::Uuid::new_v4().simple())
+}
+
+pub struct Opts {
+    pub dispatcher: bool,
+    pub finalizer: bool,
+    pub prefix: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            dispatcher: false,
+            finalizer: false,
+            prefix: unique_prefix(),
+        }
+    }
+}
+
+pub struct TestApp {
+    pub url: String,
+    pub http: Client,
+    pub pool: PgPool,
+    pub prefix: String,
+    trigger: shared::shutdown::Trigger,
+    running: Option<wallet_service::app::Running>,
+}
+
+pub fn serve_config(prefix: &str, dispatcher: bool, finalizer: bool) -> ServeConfig {
+    ServeConfig {
+        bind: "127.0.0.1:0".into(),
+        jwt_secret: SECRET.parse().unwrap(),
+        request_timeout: Duration::from_secs(10),
+        consumer_group: format!("{prefix}wallet-service"),
+        results_batch_size: 64,
+        run_dispatcher: dispatcher,
+        run_finalizer: finalizer,
+        db: DbConfig {
+            database_url: String::new(),
+            db_max_connections: 10,
+            db_acquire_timeout: Duration::from_secs(3),
+        },
+        brokers: BrokerConfig {
+            amqp_url: amqp_url(),
+            kafka_brokers: kafka_brokers(),
+            broker_prefix: prefix.into(),
+        },
+        dispatcher: DispatcherConfig {
+            outbox_batch_size: 50,
+            outbox_poll_interval: Duration::from_millis(500),
+            outbox_retention_secs: 3600,
+        },
+    }
+}
+
+pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
+    let cfg = serve_config(&opts.prefix, opts.dispatcher, opts.finalizer);
+    let (trigger, shutdown) = shared::shutdown::channel();
+    let metrics = shared::telemetry::install_metrics();
+    let running = wallet_service::app::start_with_pool(cfg, pool.clone(), metrics, shutdown)
+        .await
+        .expect("app starts");
+    TestApp {
+        url: format!("http://{}", running.addr),
+        http: Client::new(),
+        pool,
+        prefix: opts.prefix,
+        trigger,
+        running: Some(running),
+    }
+}
+
+pub fn token(sub: &str) -> String {
+    wallet_service::auth::mint(SECRET, sub, false, 600)
+}
+
+pub fn admin_token() -> String {
+    wallet_service::auth::mint(SECRET, "ops", true, 600)
+}
+
+impl TestApp {
+    /// Graceful shutdown: waits for every task to drain.
+    pub async fn stop(mut self) {
+        self.trigger.fire();
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(30), r.wait())
+                .await
+                .expect("drains within 30s");
+        }
+    }
+
+    pub async fn post(&self, path: &str, token: &str, key: Option<&str>, body: &Value) -> Response {
+        let mut req = self
+            .http
+            .post(format!("{}{}", self.url, path))
+            .bearer_auth(token)
+            .json(body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.http
+            .get(format!("{}{}", self.url, path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn create_wallet(&self, owner: &str, currency: &str) -> String {
+        let r = self
+            .post(
+                "/v1/wallets",
+                &token(owner),
+                None,
+                &json!({"currency": currency}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn deposit(&self, wallet: &str, amount: i64, currency: &str) {
+        let key = uuid::Uuid::new_v4().to_string();
+        let r = self
+            .post(
+                &format!("/v1/wallets/{wallet}/deposits"),
+                &admin_token(),
+                Some(&key),
+                &json!({"amount": amount, "currency": currency}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+    }
+
+    pub async fn balance(&self, owner: &str, wallet: &str) -> (i64, i64) {
+        let b: Value = self
+            .get(&format!("/v1/wallets/{wallet}/balance"), &token(owner))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (
+            b["available"].as_i64().unwrap(),
+            b["held"].as_i64().unwrap(),
+        )
+    }
+
+    pub async fn pay(&self, owner: &str, wallet: &str, amount: i64, merchant: &str) -> Response {
+        let key = uuid::Uuid::new_v4().to_string();
+        self.post(
+            "/v1/payments",
+            &token(owner),
+            Some(&key),
+            &json!({"wallet_id": wallet, "amount": amount, "currency": "EUR", "merchant_id": merchant}),
+        )
+        .await
+    }
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Per wallet: deposits = available + held + captured, from the ledger and the balances.
+pub async fn assert_money_conserved(pool: &PgPool) {
+    let rows: Vec<(uuid::Uuid, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT w.id, w.available, w.held,
+                COALESCE((SELECT sum(amount) FROM ledger_entries WHERE wallet_id = w.id AND kind = 'deposit'), 0)::bigint,
+                COALESCE((SELECT sum(amount) FROM ledger_entries WHERE wallet_id = w.id AND kind = 'capture'), 0)::bigint
+         FROM wallets w",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (id, available, held, deposits, captured) in rows {
+        assert_eq!(
+            deposits,
+            available + held + captured,
+            "money not conserved in wallet {id}"
+        );
+        assert!(
+            available >= 0 && held >= 0,
+            "negative balance in wallet {id}"
+        );
+    }
+}
