@@ -45,7 +45,7 @@ pub struct DbConfig {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
     /// How long a request waits for a connection before answering 503.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value = "3000", value_parser = parse_duration_ms)]
+    #[arg(long = "db-acquire-timeout-ms", env = "DB_ACQUIRE_TIMEOUT_MS", default_value = "3000", value_parser = parse_duration_ms)]
     pub db_acquire_timeout: Duration,
 }
 
@@ -68,7 +68,7 @@ pub struct DispatcherConfig {
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 200)]
     pub outbox_batch_size: i64,
     /// Fallback poll interval when no notification arrives.
-    #[arg(long, env = "OUTBOX_POLL_INTERVAL_MS", default_value = "1000", value_parser = parse_duration_ms)]
+    #[arg(long = "outbox-poll-interval-ms", env = "OUTBOX_POLL_INTERVAL_MS", default_value = "1000", value_parser = parse_duration_ms)]
     pub outbox_poll_interval: Duration,
     /// How long published outbox rows are kept before they are pruned.
     #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 86_400)]
@@ -84,7 +84,7 @@ pub struct ServeConfig {
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Secret,
     /// A request still running after this long answers 503.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = parse_duration_ms)]
+    #[arg(long = "request-timeout-ms", env = "REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = parse_duration_ms)]
     pub request_timeout: Duration,
     /// Kafka consumer group of the result consumer.
     #[arg(long, env = "RESULTS_CONSUMER_GROUP", default_value = "wallet-service")]

@@ -1,0 +1,493 @@
+//! The pipeline across processes' worth of components, in one test process, against the
+//! real PostgreSQL, RabbitMQ and Kafka broker: each test gets a fresh database and its own
+//! prefixed exchanges, queues and topics.
+
+mod common;
+
+use common::*;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use shared::events::PaymentResult;
+use shared::ids::{EventId, PaymentId};
+use shared::status::{FailureReason, Outcome};
+use shared::topology::{AmqpTopology, KafkaTopics};
+use sqlx::PgPool;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn gateway(decline_rate: f64) -> mock_gateway::Running {
+    let cfg = <mock_gateway::Config as clap::Parser>::parse_from([
+        "mock-gateway",
+        "--bind",
+        "127.0.0.1:0",
+        "--decline-rate",
+        &decline_rate.to_string(),
+        "--seed",
+        "42",
+    ]);
+    mock_gateway::spawn(cfg).await.expect("gateway starts")
+}
+
+struct Processor {
+    trigger: shared::shutdown::Trigger,
+    running: processor_service::Running,
+}
+
+async fn processor(prefix: &str, gateway_url: &str) -> Processor {
+    let cfg = <processor_service::config::Config as clap::Parser>::parse_from([
+        "processor-service",
+        "--bind",
+        "127.0.0.1:0",
+        "--amqp-url",
+        &amqp_url(),
+        "--kafka-brokers",
+        &kafka_brokers(),
+        "--gateway-url",
+        gateway_url,
+        "--gateway-timeout-ms",
+        "1000",
+        "--gateway-attempts",
+        "3",
+        "--gateway-backoff-ms",
+        "20",
+        "--broker-prefix",
+        prefix,
+    ]);
+    let (trigger, shutdown) = shared::shutdown::channel();
+    let running = processor_service::start(cfg, shared::telemetry::install_metrics(), shutdown)
+        .await
+        .expect("processor starts");
+    Processor { trigger, running }
+}
+
+impl Processor {
+    async fn stop(self) {
+        self.trigger.fire();
+        tokio::time::timeout(Duration::from_secs(30), self.running.wait())
+            .await
+            .expect("processor drains");
+    }
+}
+
+async fn gateway_stats(gw: &mock_gateway::Running) -> Value {
+    reqwest::get(gw.url("/v1/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn pending_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'pending'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn payments_flow_from_api_to_finalized_balances(pool: PgPool) {
+    let gw = gateway(0.0).await;
+    let app = spawn(
+        pool.clone(),
+        Opts {
+            dispatcher: true,
+            finalizer: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let proc = processor(&app.prefix, &gw.url("")).await;
+
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 100_000, "EUR").await;
+    let mut expected_captured = 0;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let (merchant, amount) = match i % 5 {
+            0 => ("test_decline", 700),
+            1 => ("test_unavailable", 300),
+            _ => ("shop", 1_000 + i),
+        };
+        let r = app.pay("alice", &wallet, amount, merchant).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let p: Value = r.json().await.unwrap();
+        if merchant == "shop" {
+            expected_captured += amount;
+        }
+        ids.push((p["id"].as_str().unwrap().to_owned(), merchant));
+    }
+    eventually("all payments final", DEADLINE, || async {
+        (pending_count(&pool).await == 0).then_some(())
+    })
+    .await;
+
+    for (id, merchant) in &ids {
+        let p: Value = app
+            .get(&format!("/v1/payments/{id}"), &token("alice"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let (status, reason) = match *merchant {
+            "test_decline" => ("failed", json!("declined")),
+            "test_unavailable" => ("failed", json!("gateway_unavailable")),
+            _ => ("succeeded", Value::Null),
+        };
+        assert_eq!(
+            (p["status"].as_str().unwrap(), &p["failure_reason"]),
+            (status, &reason),
+            "payment {id} via {merchant}"
+        );
+        assert!(p["finalized_at"].is_string());
+    }
+    assert_eq!(
+        app.balance("alice", &wallet).await,
+        (100_000 - expected_captured, 0)
+    );
+    assert_money_conserved(&pool).await;
+    let stats = gateway_stats(&gw).await;
+    assert_eq!(
+        stats["charges"], 18,
+        "gateway charged exactly the succeeded payments: {stats}"
+    );
+    assert_eq!(stats["declined"], 6);
+    let kinds: Vec<(String, i64)> =
+        sqlx::query_as("SELECT kind, count(*) FROM ledger_entries GROUP BY kind ORDER BY kind")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            ("capture".into(), 18),
+            ("deposit".into(), 1),
+            ("hold".into(), 30),
+            ("release".into(), 12)
+        ]
+    );
+
+    proc.stop().await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn duplicate_conflicting_and_poison_results_change_nothing(pool: PgPool) {
+    let app = spawn(
+        pool.clone(),
+        Opts {
+            finalizer: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let topics = KafkaTopics::with_prefix(&app.prefix);
+    topics.create(&kafka_brokers()).await.unwrap();
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 1_000, "EUR").await;
+    let first: Value = app
+        .pay("alice", &wallet, 400, "m")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sentinel: Value = app
+        .pay("alice", &wallet, 100, "m")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pid: PaymentId = first["id"].as_str().unwrap().parse().unwrap();
+    let sentinel_id: PaymentId = sentinel["id"].as_str().unwrap().parse().unwrap();
+
+    let producer: FutureProducer = shared::kafka::producer(&kafka_brokers()).unwrap();
+    // Everything under one key, so it all lands in one partition, in this order.
+    let key = pid.to_string();
+    let send = |payload: Vec<u8>| {
+        let producer = producer.clone();
+        let topic = topics.results.clone();
+        let key = key.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("delivered");
+        }
+    };
+    let success = PaymentResult::new(
+        EventId::new(),
+        pid,
+        Outcome::Succeeded,
+        None,
+        Some("ch_1".into()),
+    );
+    send(serde_json::to_vec(&success).unwrap()).await;
+    send(serde_json::to_vec(&success).unwrap()).await; // redelivered
+    let late_failure = PaymentResult::new(
+        EventId::new(),
+        pid,
+        Outcome::Failed,
+        Some(FailureReason::Declined),
+        None,
+    );
+    send(serde_json::to_vec(&late_failure).unwrap()).await; // conflicting, after the fact
+    send(b"{definitely not json".to_vec()).await; // poison
+    let mut v2 = serde_json::to_value(&success).unwrap();
+    v2["version"] = json!(2);
+    v2["event_id"] = json!(EventId::new());
+    send(serde_json::to_vec(&v2).unwrap()).await; // unknown version
+    let unknown = PaymentResult::new(
+        EventId::new(),
+        PaymentId::new(),
+        Outcome::Succeeded,
+        None,
+        None,
+    );
+    send(serde_json::to_vec(&unknown).unwrap()).await; // no such payment
+    let sentinel_result = PaymentResult::new(
+        EventId::new(),
+        sentinel_id,
+        Outcome::Failed,
+        Some(FailureReason::Declined),
+        None,
+    );
+    send(serde_json::to_vec(&sentinel_result).unwrap()).await;
+
+    // The sentinel is last in the partition: once it is applied, everything before it was.
+    eventually("sentinel applied", DEADLINE, || async {
+        let p: Value = app
+            .get(&format!("/v1/payments/{sentinel_id}"), &token("alice"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (p["status"] == "failed").then_some(())
+    })
+    .await;
+    let p: Value = app
+        .get(&format!("/v1/payments/{pid}"), &token("alice"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["status"], "succeeded");
+    assert_eq!(
+        app.balance("alice", &wallet).await,
+        (600, 0),
+        "400 captured once, 100 released once"
+    );
+    let captures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_entries WHERE kind = 'capture'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(captures, 1);
+    assert_money_conserved(&pool).await;
+
+    // The three unprocessable messages are on the dead-letter topic.
+    let dlq: StreamConsumer =
+        shared::kafka::consumer(&kafka_brokers(), &format!("{}dlq-reader", app.prefix)).unwrap();
+    dlq.subscribe(&[&topics.results_dlq]).unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let m = tokio::time::timeout(DEADLINE, dlq.recv())
+            .await
+            .expect("dead letters arrive")
+            .unwrap();
+        reasons.push(shared::kafka::header_str(&m, "dlq_reason").unwrap());
+        assert_eq!(m.key(), Some(key.as_bytes()));
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        ["not_json", "unknown_payment", "unsupported_version"]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn two_dispatchers_publish_every_row_exactly_once(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 1_000_000, "EUR").await;
+    let n = 120;
+    for _ in 0..n {
+        assert_eq!(
+            app.pay("alice", &wallet, 10, "m").await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let topology = AmqpTopology::with_prefix(&app.prefix);
+    let (trigger, shutdown) = shared::shutdown::channel();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let d = wallet_service::outbox::dispatcher::Dispatcher {
+            pool: pool.clone(),
+            amqp_url: amqp_url(),
+            topology: topology.clone(),
+            config: serve_config(&app.prefix, true, false).dispatcher,
+            connected: Default::default(),
+        };
+        tasks.push(tokio::spawn(d.run(shutdown.clone())));
+    }
+    eventually("outbox drained", DEADLINE, || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    trigger.fire();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every row was confirmed before it was marked, so the queue now holds all of them, once.
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let q = channel
+        .queue_declare(
+            topology.queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), n);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n {
+        let m = channel
+            .basic_get(
+                topology.queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+            .expect("a message");
+        let props = &m.delivery.properties;
+        assert_eq!(props.delivery_mode(), &Some(2), "persistent");
+        let body: Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        assert_eq!(
+            props.message_id().as_ref().unwrap().as_str(),
+            body["event_id"].as_str().unwrap()
+        );
+        assert_eq!(
+            props.correlation_id().as_ref().unwrap().as_str(),
+            body["payment"]["id"].as_str().unwrap()
+        );
+        assert!(
+            seen.insert(body["payment"]["id"].as_str().unwrap().to_owned()),
+            "published twice"
+        );
+    }
+    delete_topology(&channel, &topology).await;
+    app.stop().await;
+}
+
+async fn delete_topology(channel: &lapin::Channel, t: &AmqpTopology) {
+    for q in [&t.queue, &t.dead_letter_queue] {
+        let _ = channel
+            .queue_delete(q.as_str().into(), Default::default())
+            .await;
+    }
+    for e in [&t.exchange, &t.dead_letter_exchange] {
+        let _ = channel
+            .exchange_delete(e.as_str().into(), Default::default())
+            .await;
+    }
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn poison_requests_are_dead_lettered_without_blocking_the_queue(pool: PgPool) {
+    let gw = gateway(0.0).await;
+    let app = spawn(
+        pool.clone(),
+        Opts {
+            dispatcher: true,
+            finalizer: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let proc = processor(&app.prefix, &gw.url("")).await;
+    let topology = AmqpTopology::with_prefix(&app.prefix);
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    topology.declare(&channel).await.unwrap();
+    for body in [
+        &b"not json"[..],
+        br#"{"type":"payment.requested","version":9}"#,
+        br#"{"type":"payment.requested","version":1}"#,
+    ] {
+        channel
+            .basic_publish(
+                topology.exchange.as_str().into(),
+                topology.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // A good payment behind the poison still goes through.
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 1_000, "EUR").await;
+    let p: Value = app
+        .pay("alice", &wallet, 250, "shop")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = p["id"].as_str().unwrap().to_owned();
+    eventually("payment finalized", DEADLINE, || async {
+        let p: Value = app
+            .get(&format!("/v1/payments/{id}"), &token("alice"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (p["status"] == "succeeded").then_some(())
+    })
+    .await;
+    let dead = eventually("3 dead letters", DEADLINE, || async {
+        let q = channel
+            .queue_declare(
+                topology.dead_letter_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (q.message_count() >= 3).then_some(q.message_count())
+    })
+    .await;
+    assert_eq!(dead, 3);
+    assert_eq!(app.balance("alice", &wallet).await, (750, 0));
+    proc.stop().await;
+    app.stop().await;
+    delete_topology(&channel, &topology).await;
+}
