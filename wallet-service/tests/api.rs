@@ -611,3 +611,68 @@ async fn operational_endpoints_and_unknown_routes(pool: PgPool) {
     problem(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_deposit_past_the_largest_balance_is_refused_cleanly(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    sqlx::query("UPDATE wallets SET available = 9223372036854775797 WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let body = json!({"amount": 11, "currency": "EUR"});
+    let first = problem(
+        app.post(
+            &format!("/v1/wallets/{id}/deposits"),
+            &admin_token(),
+            Some("huge"),
+            &body,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    // Stored like any business outcome, and nothing moved.
+    let again = app
+        .post(
+            &format!("/v1/wallets/{id}/deposits"),
+            &admin_token(),
+            Some("huge"),
+            &body,
+        )
+        .await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(
+        app.balance("alice", &id).await,
+        (9_223_372_036_854_775_797, 0)
+    );
+    assert_eq!(count(&pool, "ledger_entries").await, 0);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn malformed_path_ids_are_plain_not_found(pool: PgPool) {
+    let app = spawn(pool, Opts::default()).await;
+    problem(
+        app.get("/v1/wallets/not-a-uuid", &token("alice")).await,
+        StatusCode::NOT_FOUND,
+        "wallet_not_found",
+    )
+    .await;
+    problem(
+        app.get("/v1/payments/not-a-uuid", &token("alice")).await,
+        StatusCode::NOT_FOUND,
+        "payment_not_found",
+    )
+    .await;
+    problem(
+        app.get("/v1/wallets/%FF%FE", &token("alice")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    app.stop().await;
+}

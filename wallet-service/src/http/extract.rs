@@ -170,3 +170,18 @@ fn check_len(name: &str, s: &str, min: usize, max: usize) -> Result<(), ApiError
     }
     Ok(())
 }
+
+/// The single `{id}` path segment. A segment that is not even valid UTF-8 cannot name a
+/// resource, so it is a plain 404 in the project's format rather than axum's text reply.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| Self(id))
+            .map_err(|_| ApiError::RouteNotFound)
+    }
+}

@@ -1,12 +1,12 @@
 //! `/v1/payments` routes.
 
 use super::error::{json_response, ApiError, ApiResult};
-use super::extract::{Auth, Fields, IdempotencyKey, JsonObject};
+use super::extract::{Auth, Fields, IdempotencyKey, JsonObject, PathId};
 use super::guard::{Guard, Started};
 use super::AppState;
 use crate::store::cursor::TimeCursor;
 use crate::store::payments::{self, AcceptOutcome, ListFilter, NewPayment};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde_json::json;
@@ -82,7 +82,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<Response> {
     let id: PaymentId = id.parse().map_err(|_| ApiError::PaymentNotFound)?;
     let mut conn = state.db.acquire().await?;

@@ -1,12 +1,12 @@
 //! `/v1/wallets` routes.
 
 use super::error::{json_response, ApiError, ApiResult};
-use super::extract::{Auth, Fields, JsonObject, MaybeIdempotencyKey};
+use super::extract::{Auth, Fields, JsonObject, MaybeIdempotencyKey, PathId};
 use super::guard::{Guard, Started};
 use super::AppState;
 use crate::auth::Principal;
 use crate::store::{cursor, ledger, wallets};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde_json::json;
@@ -61,7 +61,7 @@ pub async fn create(
 pub async fn get(
     State(state): State<AppState>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<Response> {
     let wallet = visible_wallet(&state, &p, &id).await?;
     Ok(json_response(StatusCode::OK, &json!(wallet)))
@@ -70,7 +70,7 @@ pub async fn get(
 pub async fn balance(
     State(state): State<AppState>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> ApiResult<Response> {
     let w = visible_wallet(&state, &p, &id).await?;
     Ok(json_response(
@@ -89,7 +89,7 @@ pub async fn deposit(
     State(state): State<AppState>,
     Auth(p): Auth,
     MaybeIdempotencyKey(key): MaybeIdempotencyKey,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     uri: Uri,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
@@ -115,6 +115,9 @@ pub async fn deposit(
                 Ok((StatusCode::CREATED, json!(d)))
             }
             wallets::DepositOutcome::WalletNotFound => Err(ApiError::WalletNotFound),
+            wallets::DepositOutcome::BalanceLimit => Err(ApiError::Validation(
+                "`amount` would take the wallet past the largest balance it can hold".into(),
+            )),
             wallets::DepositOutcome::CurrencyMismatch { wallet } => Err(ApiError::CurrencyMismatch {
                 wallet: wallet.to_string(),
                 requested: currency.to_string(),
@@ -128,7 +131,7 @@ pub async fn deposit(
 pub async fn transactions(
     State(state): State<AppState>,
     Auth(p): Auth,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let wallet = visible_wallet(&state, &p, &id).await?;

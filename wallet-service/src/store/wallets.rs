@@ -66,10 +66,14 @@ pub struct Deposit {
 pub enum DepositOutcome {
     Done(Deposit),
     WalletNotFound,
-    CurrencyMismatch { wallet: Currency },
+    CurrencyMismatch {
+        wallet: Currency,
+    },
+    /// The balance would leave the range a bigint can hold.
+    BalanceLimit,
 }
 
-/// Credits `amount` to the wallet and records the ledger entry.
+/// Credits `amount` to the wallet and records the ledger entry. Refusals write nothing.
 pub async fn deposit(
     conn: &mut PgConnection,
     wallet_id: WalletId,
@@ -79,7 +83,8 @@ pub async fn deposit(
 ) -> Result<DepositOutcome, sqlx::Error> {
     let credited: Option<(i64, i64)> = sqlx::query_as(
         "UPDATE wallets SET available = available + $2, updated_at = now()
-         WHERE id = $1 AND currency = $3 RETURNING available, held",
+         WHERE id = $1 AND currency = $3 AND $2 <= 9223372036854775807 - available - held
+         RETURNING available, held",
     )
     .bind(wallet_id.0)
     .bind(amount.minor_units())
@@ -89,7 +94,10 @@ pub async fn deposit(
     let Some((available, held)) = credited else {
         return Ok(match get(conn, wallet_id).await? {
             None => DepositOutcome::WalletNotFound,
-            Some(w) => DepositOutcome::CurrencyMismatch { wallet: w.currency },
+            Some(w) if w.currency != currency => {
+                DepositOutcome::CurrencyMismatch { wallet: w.currency }
+            }
+            Some(_) => DepositOutcome::BalanceLimit,
         });
     };
     let entry = ledger::append(
