@@ -129,6 +129,13 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
+impl TryFrom<String> for Currency {
+    type Error = CurrencyError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,12 +174,5 @@ mod tests {
         let a: Amount = serde_json::from_str("250").unwrap();
         assert_eq!(a.minor_units(), 250);
         assert!(serde_json::from_str::<Amount>("0").is_err());
-    }
-}
-
-impl TryFrom<String> for Currency {
-    type Error = CurrencyError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
     }
 }

@@ -91,16 +91,25 @@ impl FailureReason {
     }
 }
 
+impl TryFrom<String> for PaymentStatus {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s).ok_or_else(|| format!("unknown payment status {s:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn only_pending_payments_move() {
-        use Outcome::*;
-        use PaymentStatus::*;
-        assert_eq!(Pending.apply(Succeeded), Some(PaymentStatus::Succeeded));
-        assert_eq!(Pending.apply(Failed), Some(PaymentStatus::Failed));
+        use PaymentStatus::Pending;
+        assert_eq!(
+            Pending.apply(Outcome::Succeeded),
+            Some(PaymentStatus::Succeeded)
+        );
+        assert_eq!(Pending.apply(Outcome::Failed), Some(PaymentStatus::Failed));
         for terminal in [PaymentStatus::Succeeded, PaymentStatus::Failed] {
             assert!(terminal.is_terminal());
             assert_eq!(terminal.apply(Outcome::Succeeded), None);
@@ -119,12 +128,5 @@ mod tests {
             assert_eq!(PaymentStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(PaymentStatus::parse("refunded"), None);
-    }
-}
-
-impl TryFrom<String> for PaymentStatus {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s).ok_or_else(|| format!("unknown payment status {s:?}"))
     }
 }

@@ -155,7 +155,11 @@ async fn many_payments_through_all_processes_conserve_money() {
                     assert_eq!((a.0, &a.1), (b.0, &b.1), "the later copy must replay the first");
                     assert!(a.2 || b.2, "one copy must be flagged as a replay");
                 }
-                if a.0 == StatusCode::CONFLICT { (b.0, b.1, false) } else if b.0 == StatusCode::CONFLICT { (a.0, a.1, false) } else { (a.0, a.1, false) }
+                if a.0 == StatusCode::CONFLICT {
+                    (b.0, b.1, false)
+                } else {
+                    (a.0, a.1, false)
+                }
             } else {
                 sys.post("/v1/payments", token, &key, &body).await
             };

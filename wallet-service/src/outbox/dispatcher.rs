@@ -257,7 +257,7 @@ pub async fn maintain(pool: PgPool, retention_secs: i64, mut shutdown: Shutdown)
             metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(age);
         }
         prune_every += 1;
-        if prune_every % 60 == 0 {
+        if prune_every.is_multiple_of(60) {
             match outbox::prune(&pool, retention_secs).await {
                 Ok(n) if n > 0 => tracing::info!(
                     rows = n,
