@@ -23,6 +23,7 @@ pub fn app(gateway: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
     let api = Router::new()
         .route("/v1/charges", post(create_charge))
         .route("/v1/charges/{idempotency_key}", get(get_charge))
+        .route("/v1/charges/{idempotency_key}/void", post(void_charge))
         .route("/v1/stats", get(stats))
         .route("/v1/admin/behaviour", get(get_behaviour).put(put_behaviour))
         .route("/healthz", get(healthz))
@@ -86,6 +87,8 @@ enum Outcome {
     Unavailable,
     InProgress,
     Reused,
+    /// The key was voided earlier: this request will never be charged.
+    Voided,
 }
 
 impl Outcome {
@@ -97,6 +100,7 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::InProgress => "in_progress",
             Outcome::Reused => "reused",
+            Outcome::Voided => "voided",
         }
     }
 }
@@ -111,6 +115,7 @@ impl IntoResponse for Outcome {
             Outcome::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Outcome::InProgress => error(StatusCode::CONFLICT, "request_in_progress"),
             Outcome::Reused => error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            Outcome::Voided => error(StatusCode::CONFLICT, "charge_voided"),
         }
     }
 }
@@ -137,7 +142,14 @@ async fn create_charge(
         return invalid_request(why);
     }
 
-    let outcome = match charge(&gw, key, request).await {
+    // Like a real gateway, a charge that started runs to its end even if the client hangs
+    // up (a timeout on the client side does not cancel the charge): the work is detached.
+    let work = {
+        let gw = Arc::clone(&gw);
+        let key = key.to_owned();
+        tokio::spawn(async move { charge(&gw, &key, request).await })
+    };
+    let outcome = match work.await.map_err(std::io::Error::other).and_then(|r| r) {
         Ok(outcome) => outcome,
         Err(e) => {
             tracing::error!(key, error = %e, "could not record charge");
@@ -159,6 +171,9 @@ async fn create_charge(
 
 async fn charge(gw: &Gateway, key: &str, request: ChargeRequest) -> std::io::Result<Outcome> {
     let claim = match gw.store.claim(key) {
+        Claim::Existing(charge) if charge.status == ChargeStatus::Voided => {
+            return Ok(Outcome::Voided)
+        }
         Claim::Existing(charge) if request.matches(&charge) => {
             return Ok(Outcome::Replayed(charge))
         }
@@ -191,17 +206,50 @@ async fn charge(gw: &Gateway, key: &str, request: ChargeRequest) -> std::io::Res
 }
 
 async fn get_charge(State(gw): State<Arc<Gateway>>, Path(key): Path<String>) -> Response {
-    match gw.store.get(&key) {
-        Some(charge) => Json(charge).into_response(),
-        None => error(StatusCode::NOT_FOUND, "not_found"),
+    match gw.store.lookup(&key) {
+        Ok(Some(charge)) => Json(charge).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not_found"),
+        Err(()) => error(StatusCode::CONFLICT, "request_in_progress"),
+    }
+}
+
+/// Closes a key for good: answers the key's charge if there is one, otherwise records a
+/// `voided` entry so that no later request can charge it. This is what lets a client
+/// that lost track of a request (timeouts) conclude "not charged" with certainty.
+async fn void_charge(State(gw): State<Arc<Gateway>>, Path(key): Path<String>) -> Response {
+    let claim = match gw.store.claim(&key) {
+        Claim::Existing(charge) => return Json(charge).into_response(),
+        Claim::InProgress => return error(StatusCode::CONFLICT, "request_in_progress"),
+        Claim::Claimed(claim) => claim,
+    };
+    let voided = Charge {
+        id: format!("void_{}", uuid::Uuid::now_v7().simple()),
+        idempotency_key: key.clone(),
+        status: ChargeStatus::Voided,
+        amount: 0,
+        currency: String::new(),
+        merchant_id: String::new(),
+        reference: None,
+        decline_code: None,
+        created_at: chrono::Utc::now(),
+    };
+    match tokio::task::spawn_blocking(move || claim.record(voided)).await {
+        Ok(Ok(charge)) => {
+            metrics::counter!("gateway_charge_requests_total", "result" => "voided_key")
+                .increment(1);
+            tracing::info!(key, "key voided: it can no longer be charged");
+            Json(charge).into_response()
+        }
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed"),
     }
 }
 
 async fn stats(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
-    let (charges, declined) = gw.store.counts();
+    let (charges, declined, voided) = gw.store.counts();
     Json(json!({
         "charges": charges,
         "declined": declined,
+        "voided": voided,
         "requests": gw.requests.load(Relaxed),
         "replays": gw.replays.load(Relaxed),
         "unavailable": gw.unavailable.load(Relaxed),

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 pub enum ChargeStatus {
     Succeeded,
     Declined,
+    /// The key was closed without a charge: nothing can ever be charged under it.
+    Voided,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,24 +115,32 @@ impl Store {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<Charge> {
-        lock(&self.keys).charges.get(key).cloned()
+    /// The charge under `key`; `Err(())` while a request with the key is being processed,
+    /// because "no charge yet" would then not be the final word.
+    pub fn lookup(&self, key: &str) -> Result<Option<Charge>, ()> {
+        let keys = lock(&self.keys);
+        match keys.charges.get(key) {
+            Some(c) => Ok(Some(c.clone())),
+            None if keys.in_flight.contains(key) => Err(()),
+            None => Ok(None),
+        }
     }
 
-    /// Numbers of succeeded and declined charges.
-    pub fn counts(&self) -> (u64, u64) {
+    /// Numbers of succeeded, declined and voided keys.
+    pub fn counts(&self) -> (u64, u64, u64) {
         let keys = lock(&self.keys);
-        let declined = keys
-            .charges
-            .values()
-            .filter(|c| c.status == ChargeStatus::Declined)
-            .count();
-        ((keys.charges.len() - declined) as u64, declined as u64)
+        let count =
+            |s: ChargeStatus| keys.charges.values().filter(|c| c.status == s).count() as u64;
+        (
+            count(ChargeStatus::Succeeded),
+            count(ChargeStatus::Declined),
+            count(ChargeStatus::Voided),
+        )
     }
 }
 
 /// A key reserved by one request; dropping it without [`InFlight::record`] (an unavailable
-/// answer, or the client going away during the latency) frees the key uncharged.
+/// answer) frees the key uncharged.
 pub struct InFlight {
     store: Arc<Store>,
     key: String,

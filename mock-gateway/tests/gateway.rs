@@ -73,7 +73,7 @@ async fn same_key_returns_the_same_charge_once() {
     let (_, stats) = get_json(&gw, &client, "/v1/stats").await;
     assert_eq!(
         stats,
-        json!({ "charges": 1, "declined": 0, "requests": 2, "replays": 1, "unavailable": 0 })
+        json!({ "charges": 1, "declined": 0, "requests": 2, "replays": 1, "unavailable": 0, "voided": 0 })
     );
 }
 
@@ -111,7 +111,7 @@ async fn test_unavailable_merchant_answers_503_and_records_nothing() {
     let (_, stats) = get_json(&gw, &client, "/v1/stats").await;
     assert_eq!(
         stats,
-        json!({ "charges": 0, "declined": 0, "requests": 2, "replays": 0, "unavailable": 2 })
+        json!({ "charges": 0, "declined": 0, "requests": 2, "replays": 0, "unavailable": 2, "voided": 0 })
     );
 }
 
@@ -334,4 +334,100 @@ async fn health_readiness_and_metrics_answer() {
         let response = client.get(gw.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
+}
+
+#[tokio::test]
+async fn void_closes_a_key_for_good_and_answers_an_existing_charge() {
+    let (gw, client) = start(config()).await;
+    // An unused key is voided; a later charge under it is refused and nothing is charged.
+    let voided = client
+        .post(gw.url("/v1/charges/k-void/void"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(voided.status(), StatusCode::OK);
+    let voided: Value = voided.json().await.unwrap();
+    assert_eq!(voided["status"], "voided");
+    let late = post_charge(&gw, &client, "k-void", &charge_body(100, "m")).await;
+    assert_eq!(late.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        late.json::<Value>().await.unwrap()["error"],
+        "charge_voided"
+    );
+    // Voiding again is idempotent.
+    let again: Value = client
+        .post(gw.url("/v1/charges/k-void/void"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, voided);
+
+    // A charged key is not voided: the void answers the charge.
+    let charged: Value = post_charge(&gw, &client, "k-paid", &charge_body(100, "m"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let answer: Value = client
+        .post(gw.url("/v1/charges/k-paid/void"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer, charged);
+
+    let (_, stats) = get_json(&gw, &client, "/v1/stats").await;
+    assert_eq!(
+        (stats["charges"].as_u64(), stats["voided"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_key_in_flight_can_be_neither_looked_up_as_missing_nor_voided() {
+    let mut cfg = config();
+    cfg.latency_ms = 300;
+    let (gw, client) = start(cfg).await;
+    let in_flight = {
+        let client = client.clone();
+        let url = gw.url("/v1/charges");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("Idempotency-Key", "k-slow")
+                .json(&charge_body(100, "m"))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // Wait until the gateway holds the key (the request is being processed).
+    let start = std::time::Instant::now();
+    loop {
+        let (status, _) = get_json(&gw, &client, "/v1/charges/k-slow").await;
+        if status == StatusCode::CONFLICT {
+            break;
+        }
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "request never in flight"
+        );
+        tokio::task::yield_now().await;
+    }
+    let void = client
+        .post(gw.url("/v1/charges/k-slow/void"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(void.status(), StatusCode::CONFLICT);
+    let charged: Value = in_flight.await.unwrap().json().await.unwrap();
+    assert_eq!(charged["status"], "succeeded");
+    let (status, after) = get_json(&gw, &client, "/v1/charges/k-slow").await;
+    assert_eq!((status, after), (StatusCode::OK, charged));
 }

@@ -15,8 +15,8 @@ pub enum Decision {
     Declined {
         reference: String,
     },
-    /// Every attempt was refused before processing (503 or no connection) and the gateway
-    /// has no charge under the key: the charge certainly did not happen.
+    /// The gateway voided the key without a charge: the charge certainly did not happen
+    /// and never will.
     NotCharged,
     /// We cannot tell (timeouts, in-progress answers): the payment must stay pending.
     Unknown(String),
@@ -31,10 +31,13 @@ struct Charge {
 /// How one call ended.
 enum Attempt {
     Done(Decision),
-    /// Refused without processing: safe to call "not charged" if nothing else happened.
-    Refused(String),
-    /// Outcome unknown: the request may have been processed.
-    Unsure(String),
+    /// No answer that decides (503, timeout, no connection, in progress): retry.
+    Retry(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct GatewayError {
+    error: String,
 }
 
 pub struct GatewayClient {
@@ -94,9 +97,11 @@ impl GatewayClient {
         }
     }
 
-    /// Charges `payment`, retrying with backoff; after the budget asks the gateway by key.
+    /// Charges `payment`, retrying with backoff under the same key. When the budget is spent
+    /// the key is voided at the gateway, which answers the charge if one exists and otherwise
+    /// guarantees none ever will: only then is "not charged" certain. A void refused because
+    /// a request with the key is still being processed leaves the outcome unknown.
     pub async fn charge(&self, payment: &RequestedPayment) -> Decision {
-        let mut all_refused = true;
         let mut last_error = String::new();
         for attempt in 0..self.attempts {
             if attempt > 0 {
@@ -105,22 +110,14 @@ impl GatewayClient {
             }
             match self.post_charge(payment).await {
                 Attempt::Done(d) => return d,
-                Attempt::Refused(e) => last_error = e,
-                Attempt::Unsure(e) => {
-                    all_refused = false;
-                    last_error = e;
-                }
+                Attempt::Retry(e) => last_error = e,
             }
             tracing::warn!(payment_id = %payment.id, attempt = attempt + 1, error = %last_error, "gateway call failed; retrying with the same idempotency key");
         }
-        // Out of attempts: the gateway's record for the key decides.
-        match self.lookup(payment).await {
-            Ok(Some(d)) => d,
-            Ok(None) if all_refused => Decision::NotCharged,
-            Ok(None) => Decision::Unknown(format!(
-                "no charge recorded yet, but an attempt may still land: {last_error}"
-            )),
-            Err(e) => Decision::Unknown(format!("{last_error}; lookup failed: {e}")),
+        // Out of attempts: close the key at the gateway; its answer is final.
+        match self.void(payment).await {
+            Ok(d) => d,
+            Err(e) => Decision::Unknown(format!("{last_error}; void failed: {e}")),
         }
     }
 
@@ -141,24 +138,31 @@ impl GatewayClient {
             .await;
         let (result, attempt) = match sent {
             // Connection never established: the request was not processed.
-            Err(e) if e.is_connect() => ("connect_error", Attempt::Refused(e.to_string())),
-            Err(e) if e.is_timeout() => ("timeout", Attempt::Unsure(format!("timed out: {e}"))),
-            Err(e) => ("error", Attempt::Unsure(e.to_string())),
+            Err(e) if e.is_connect() => ("connect_error", Attempt::Retry(e.to_string())),
+            Err(e) if e.is_timeout() => ("timeout", Attempt::Retry(format!("timed out: {e}"))),
+            Err(e) => ("error", Attempt::Retry(e.to_string())),
             Ok(r) => match r.status().as_u16() {
                 200 => match r.json::<Charge>().await {
                     Ok(c) => ("ok", Attempt::Done(decision_of(c))),
                     Err(e) => (
                         "bad_body",
-                        Attempt::Unsure(format!("unreadable charge: {e}")),
+                        Attempt::Retry(format!("unreadable charge: {e}")),
                     ),
                 },
-                503 => (
-                    "unavailable",
-                    Attempt::Refused("gateway answered 503".into()),
-                ),
+                503 => ("unavailable", Attempt::Retry("gateway answered 503".into())),
+                409 => match r.json::<GatewayError>().await {
+                    // Someone gave up on this key and voided it: certainly not charged.
+                    Ok(e) if e.error == "charge_voided" => {
+                        ("voided", Attempt::Done(Decision::NotCharged))
+                    }
+                    _ => (
+                        "in_progress",
+                        Attempt::Retry("a request with this key is in progress".into()),
+                    ),
+                },
                 status => (
                     "http_error",
-                    Attempt::Unsure(format!("gateway answered {status}")),
+                    Attempt::Retry(format!("gateway answered {status}")),
                 ),
             },
         };
@@ -167,32 +171,32 @@ impl GatewayClient {
         attempt
     }
 
-    async fn lookup(&self, p: &RequestedPayment) -> Result<Option<Decision>, String> {
+    /// `POST /v1/charges/{key}/void`: the key's final state.
+    async fn void(&self, p: &RequestedPayment) -> Result<Decision, String> {
         let start = Instant::now();
         let r = self
             .http
-            .get(format!("{}/v1/charges/{}", self.base_url, p.id))
+            .post(format!("{}/v1/charges/{}/void", self.base_url, p.id))
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        metrics::histogram!("gateway_request_duration_seconds", "operation" => "lookup", "result" => r.status().as_u16().to_string())
+        metrics::histogram!("gateway_request_duration_seconds", "operation" => "void", "result" => r.status().as_u16().to_string())
             .record(start.elapsed().as_secs_f64());
         match r.status().as_u16() {
             200 => r
                 .json::<Charge>()
                 .await
-                .map(|c| Some(decision_of(c)))
+                .map(decision_of)
                 .map_err(|e| e.to_string()),
-            404 => Ok(None),
-            s => Err(format!("lookup answered {s}")),
+            s => Err(format!("void answered {s}")),
         }
     }
 }
 
 fn decision_of(c: Charge) -> Decision {
-    if c.status == "succeeded" {
-        Decision::Charged { reference: c.id }
-    } else {
-        Decision::Declined { reference: c.id }
+    match c.status.as_str() {
+        "succeeded" => Decision::Charged { reference: c.id },
+        "voided" => Decision::NotCharged,
+        _ => Decision::Declined { reference: c.id },
     }
 }

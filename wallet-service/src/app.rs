@@ -43,6 +43,7 @@ pub fn describe_metrics() {
     );
     dispatcher::describe_metrics();
     finalizer::describe_metrics();
+    crate::reconciler::describe_metrics();
 }
 
 /// A running service: its address and the tasks to wait for after shutdown.
@@ -109,6 +110,15 @@ pub async fn start_with_pool(
             cfg.dispatcher.outbox_retention_secs,
             shutdown.clone(),
         ));
+    }
+
+    if cfg.reconcile_after_secs > 0 {
+        let r = crate::reconciler::Reconciler {
+            pool: pool.clone(),
+            deadline: Duration::from_secs(cfg.reconcile_after_secs),
+            batch_size: 500,
+        };
+        tasks.spawn(r.run(shutdown.clone()));
     }
 
     if cfg.run_finalizer {

@@ -95,6 +95,9 @@ pub struct ServeConfig {
     /// Run the outbox dispatcher inside this process.
     #[arg(long, env = "RUN_DISPATCHER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_dispatcher: bool,
+    /// Re-drive payments still pending after this many seconds (0 disables the reconciler).
+    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 60)]
+    pub reconcile_after_secs: u64,
     /// Run the result consumer inside this process.
     #[arg(long, env = "RUN_FINALIZER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_finalizer: bool,

@@ -5,7 +5,8 @@
 //! its outbox event in one transaction (guarded by [`idempotency`]); the
 //! [`outbox::dispatcher`] relays the event to RabbitMQ; the processor-service charges the
 //! gateway and publishes the result to Kafka; the [`finalizer`] applies the result exactly
-//! once ([`store::payments::finalize`]): capture on success, release on failure.
+//! once ([`store::payments::finalize`]): capture on success, release on failure. The
+//! [`reconciler`] re-sends payments still pending past a deadline.
 //!
 //! [`app`] wires these together for `wallet-service serve` and for the integration tests.
 
@@ -16,6 +17,7 @@ pub mod finalizer;
 pub mod http;
 pub mod idempotency;
 pub mod outbox;
+pub mod reconciler;
 pub mod store;
 
 /// The migrations in `migrations/`, embedded so the binary can apply them itself.

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn gateway(decline_rate: f64) -> mock_gateway::Running {
+async fn gateway(latency_ms: u64) -> mock_gateway::Running {
     let cfg = <mock_gateway::Config as clap::Parser>::parse_from([
         "mock-gateway",
         "--bind",
         "127.0.0.1:0",
-        "--decline-rate",
-        &decline_rate.to_string(),
+        "--latency-ms",
+        &latency_ms.to_string(),
         "--seed",
         "42",
     ]);
@@ -41,6 +41,15 @@ struct Processor {
 }
 
 async fn processor(prefix: &str, gateway_url: &str) -> Processor {
+    processor_with(prefix, gateway_url, 1000, 3).await
+}
+
+async fn processor_with(
+    prefix: &str,
+    gateway_url: &str,
+    timeout_ms: u64,
+    attempts: u32,
+) -> Processor {
     let cfg = <processor_service::config::Config as clap::Parser>::parse_from([
         "processor-service",
         "--bind",
@@ -52,9 +61,9 @@ async fn processor(prefix: &str, gateway_url: &str) -> Processor {
         "--gateway-url",
         gateway_url,
         "--gateway-timeout-ms",
-        "1000",
+        &timeout_ms.to_string(),
         "--gateway-attempts",
-        "3",
+        &attempts.to_string(),
         "--gateway-backoff-ms",
         "20",
         "--broker-prefix",
@@ -94,7 +103,7 @@ async fn pending_count(pool: &PgPool) -> i64 {
 
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn payments_flow_from_api_to_finalized_balances(pool: PgPool) {
-    let gw = gateway(0.0).await;
+    let gw = gateway(0).await;
     let app = spawn(
         pool.clone(),
         Opts {
@@ -415,7 +424,7 @@ async fn delete_topology(channel: &lapin::Channel, t: &AmqpTopology) {
 
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn poison_requests_are_dead_lettered_without_blocking_the_queue(pool: PgPool) {
-    let gw = gateway(0.0).await;
+    let gw = gateway(0).await;
     let app = spawn(
         pool.clone(),
         Opts {
@@ -487,6 +496,133 @@ async fn poison_requests_are_dead_lettered_without_blocking_the_queue(pool: PgPo
     .await;
     assert_eq!(dead, 3);
     assert_eq!(app.balance("alice", &wallet).await, (750, 0));
+    proc.stop().await;
+    app.stop().await;
+    delete_topology(&channel, &topology).await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_gateway_slower_than_the_timeout_never_gets_funds_released(pool: PgPool) {
+    // Every call times out while the gateway is still working on it: the outcome is unknown,
+    // the processor cannot void a key in flight, and the payment must stay pending until the
+    // charge is known, then succeed. Releasing on timeout here would create money.
+    let gw = gateway(1_500).await;
+    let app = spawn(
+        pool.clone(),
+        Opts {
+            dispatcher: true,
+            finalizer: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let proc = processor_with(&app.prefix, &gw.url(""), 200, 2).await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 1_000, "EUR").await;
+    let p: Value = app
+        .pay("alice", &wallet, 400, "shop")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = p["id"].as_str().unwrap().to_owned();
+    let final_status = eventually("payment final", DEADLINE, || async {
+        let p: Value = app
+            .get(&format!("/v1/payments/{id}"), &token("alice"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (p["status"] != "pending").then(|| p["status"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert_eq!(
+        final_status, "succeeded",
+        "a charge that happened must never end failed"
+    );
+    assert_eq!(app.balance("alice", &wallet).await, (600, 0));
+    let stats = gateway_stats(&gw).await;
+    assert_eq!(stats["charges"], 1);
+    assert_eq!(stats["voided"], 0);
+    assert_money_conserved(&pool).await;
+    proc.stop().await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn the_reconciler_redrives_a_lost_request_and_it_is_charged_once(pool: PgPool) {
+    let gw = gateway(0).await;
+    let app = spawn(
+        pool.clone(),
+        Opts {
+            dispatcher: true,
+            finalizer: true,
+            reconcile_after_secs: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 1_000, "EUR").await;
+    let p: Value = app
+        .pay("alice", &wallet, 300, "shop")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = p["id"].as_str().unwrap().to_owned();
+    // The request is published but nobody consumes it yet: lose it, as a purged queue would.
+    let topology = AmqpTopology::with_prefix(&app.prefix);
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    eventually("request published", DEADLINE, || async {
+        let q = channel
+            .queue_declare(
+                topology.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        (q.message_count() == 1).then_some(())
+    })
+    .await;
+    channel
+        .queue_purge(topology.queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+
+    // Past the deadline the reconciler sends it again; now a processor is there.
+    let proc = processor(&app.prefix, &gw.url("")).await;
+    eventually("payment finalized after re-drive", DEADLINE, || async {
+        let p: Value = app
+            .get(&format!("/v1/payments/{id}"), &token("alice"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (p["status"] == "succeeded").then_some(())
+    })
+    .await;
+    let redrives: i32 =
+        sqlx::query_scalar("SELECT redrive_count FROM payments WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(redrives >= 1);
+    assert_eq!(
+        gateway_stats(&gw).await["charges"],
+        1,
+        "re-drives never charge twice"
+    );
+    assert_eq!(app.balance("alice", &wallet).await, (700, 0));
+    assert_money_conserved(&pool).await;
     proc.stop().await;
     app.stop().await;
     delete_topology(&channel, &topology).await;

@@ -26,6 +26,8 @@ pub struct Opts {
     pub dispatcher: bool,
     pub finalizer: bool,
     pub prefix: String,
+    /// 0 disables the reconciler.
+    pub reconcile_after_secs: u64,
 }
 
 impl Default for Opts {
@@ -34,6 +36,7 @@ impl Default for Opts {
             dispatcher: false,
             finalizer: false,
             prefix: unique_prefix(),
+            reconcile_after_secs: 0,
         }
     }
 }
@@ -56,6 +59,7 @@ pub fn serve_config(prefix: &str, dispatcher: bool, finalizer: bool) -> ServeCon
         results_batch_size: 64,
         run_dispatcher: dispatcher,
         run_finalizer: finalizer,
+        reconcile_after_secs: 0,
         db: DbConfig {
             database_url: String::new(),
             db_max_connections: 10,
@@ -75,7 +79,8 @@ pub fn serve_config(prefix: &str, dispatcher: bool, finalizer: bool) -> ServeCon
 }
 
 pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
-    let cfg = serve_config(&opts.prefix, opts.dispatcher, opts.finalizer);
+    let mut cfg = serve_config(&opts.prefix, opts.dispatcher, opts.finalizer);
+    cfg.reconcile_after_secs = opts.reconcile_after_secs;
     let (trigger, shutdown) = shared::shutdown::channel();
     let metrics = shared::telemetry::install_metrics();
     let running = wallet_service::app::start_with_pool(cfg, pool.clone(), metrics, shutdown)
