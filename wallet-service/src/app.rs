@@ -164,6 +164,12 @@ pub async fn start_with_pool(
         verifier: Verifier::new(cfg.jwt_secret.expose()),
         metrics,
         health,
+        limiter: (cfg.rate_limit_per_sec > 0).then(|| {
+            Arc::new(crate::http::rate_limit::RateLimiter::new(
+                cfg.rate_limit_per_sec,
+                cfg.rate_limit_burst,
+            ))
+        }),
     };
     let app = http::router(state, cfg.request_timeout);
     let listener = TcpListener::bind(&cfg.bind)

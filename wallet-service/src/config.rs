@@ -95,6 +95,12 @@ pub struct ServeConfig {
     /// Run the outbox dispatcher inside this process.
     #[arg(long, env = "RUN_DISPATCHER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_dispatcher: bool,
+    /// Requests per second each principal may make on average (0 disables the limit).
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 100)]
+    pub rate_limit_per_sec: u32,
+    /// Requests a principal may make at once before the rate applies.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
     /// Re-drive payments still pending after this many seconds (0 disables the reconciler).
     #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 60)]
     pub reconcile_after_secs: u64,

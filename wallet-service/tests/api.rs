@@ -676,3 +676,44 @@ async fn malformed_path_ids_are_plain_not_found(pool: PgPool) {
     .await;
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn each_principal_is_rate_limited_with_retry_after(pool: PgPool) {
+    let app = spawn(
+        pool,
+        Opts {
+            rate_limit: (1, 3),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = app.create_wallet("alice", "EUR").await; // 1 of alice's 3
+    for _ in 0..2 {
+        assert_eq!(
+            app.get(&format!("/v1/wallets/{id}"), &token("alice"))
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let limited = app.get(&format!("/v1/wallets/{id}"), &token("alice")).await;
+    assert_eq!(
+        limited.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "{:?}",
+        limited.headers()
+    );
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    problem(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Others are not affected.
+    assert_eq!(
+        app.get("/v1/payments", &token("bob")).await.status(),
+        StatusCode::OK
+    );
+    app.stop().await;
+}

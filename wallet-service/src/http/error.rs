@@ -36,6 +36,8 @@ pub enum ApiError {
     InsufficientFunds { available: i64, requested: i64 },
     #[error("wallet currency is {wallet}, request currency is {requested}")]
     CurrencyMismatch { wallet: String, requested: String },
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -81,6 +83,7 @@ impl ApiError {
             | CurrencyMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             IdempotencyKeyInUse => StatusCode::CONFLICT,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -101,6 +104,7 @@ impl ApiError {
             IdempotencyKeyMissing => "idempotency_key_missing",
             IdempotencyKeyReused => "idempotency_key_reused",
             IdempotencyKeyInUse => "idempotency_key_in_use",
+            RateLimited { .. } => "rate_limited",
             InsufficientFunds { .. } => "insufficient_funds",
             CurrencyMismatch { .. } => "currency_mismatch",
             Unavailable(_) => "service_unavailable",
@@ -123,6 +127,7 @@ impl ApiError {
             IdempotencyKeyMissing => "Idempotency key missing",
             IdempotencyKeyReused => "Idempotency key reused",
             IdempotencyKeyInUse => "Idempotency key in use",
+            RateLimited { .. } => "Too many requests",
             InsufficientFunds { .. } => "Insufficient funds",
             CurrencyMismatch { .. } => "Currency mismatch",
             Unavailable(_) => "Service unavailable",
@@ -165,10 +170,15 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = json_response(self.status(), &self.problem());
-        if matches!(self, ApiError::Unavailable(_)) {
+        let retry_after = match self {
+            ApiError::Unavailable(_) => Some(1),
+            ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

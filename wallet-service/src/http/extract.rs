@@ -22,14 +22,18 @@ impl FromRequestParts<AppState> for Auth {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        state
-            .verifier
-            .verify_header(header)
-            .map(Auth)
-            .map_err(|e| match e {
-                AuthError::Missing => ApiError::Unauthorized("a bearer token is required".into()),
-                AuthError::Invalid(why) => ApiError::Unauthorized(why),
-            })
+        let principal = state.verifier.verify_header(header).map_err(|e| match e {
+            AuthError::Missing => ApiError::Unauthorized("a bearer token is required".into()),
+            AuthError::Invalid(why) => ApiError::Unauthorized(why),
+        })?;
+        if let Some(limiter) = &state.limiter {
+            limiter
+                .check(&principal.sub, std::time::Instant::now())
+                .map_err(|wait| ApiError::RateLimited {
+                    retry_after_secs: wait.as_secs() + 1,
+                })?;
+        }
+        Ok(Auth(principal))
     }
 }
 

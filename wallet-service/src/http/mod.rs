@@ -5,6 +5,7 @@ pub mod extract;
 mod guard;
 mod ops;
 mod payments;
+pub mod rate_limit;
 mod wallets;
 
 use crate::auth::Verifier;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub verifier: Verifier,
     pub metrics: PrometheusHandle,
     pub health: Health,
+    /// Per-principal limit; `None` when disabled.
+    pub limiter: Option<Arc<rate_limit::RateLimiter>>,
 }
 
 /// What `/readyz` checks besides the database.

@@ -28,6 +28,8 @@ pub struct Opts {
     pub prefix: String,
     /// 0 disables the reconciler.
     pub reconcile_after_secs: u64,
+    /// (per second, burst); (0, 0) disables the limit.
+    pub rate_limit: (u32, u32),
 }
 
 impl Default for Opts {
@@ -37,6 +39,7 @@ impl Default for Opts {
             finalizer: false,
             prefix: unique_prefix(),
             reconcile_after_secs: 0,
+            rate_limit: (0, 0),
         }
     }
 }
@@ -60,6 +63,8 @@ pub fn serve_config(prefix: &str, dispatcher: bool, finalizer: bool) -> ServeCon
         run_dispatcher: dispatcher,
         run_finalizer: finalizer,
         reconcile_after_secs: 0,
+        rate_limit_per_sec: 0,
+        rate_limit_burst: 0,
         db: DbConfig {
             database_url: String::new(),
             db_max_connections: 10,
@@ -81,6 +86,8 @@ pub fn serve_config(prefix: &str, dispatcher: bool, finalizer: bool) -> ServeCon
 pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
     let mut cfg = serve_config(&opts.prefix, opts.dispatcher, opts.finalizer);
     cfg.reconcile_after_secs = opts.reconcile_after_secs;
+    cfg.rate_limit_per_sec = opts.rate_limit.0;
+    cfg.rate_limit_burst = opts.rate_limit.1;
     let (trigger, shutdown) = shared::shutdown::channel();
     let metrics = shared::telemetry::install_metrics();
     let running = wallet_service::app::start_with_pool(cfg, pool.clone(), metrics, shutdown)
