@@ -1,0 +1,93 @@
+//! The seeded fault schedule: the same seed always yields the same faults at the same times.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    KillWallet,
+    KillProcessor,
+    KillGateway,
+    KillKafka,
+    RestartRabbitMq,
+    CrashPostgres,
+    /// The gateway answers slower than the processor's timeout for a while.
+    SlowGateway,
+    /// Duplicated and reordered results, including a `failed` after a `succeeded`.
+    DuplicateResults,
+    /// Unparseable messages on both brokers.
+    Poison,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 9] = [
+        Fault::KillWallet,
+        Fault::KillProcessor,
+        Fault::KillGateway,
+        Fault::KillKafka,
+        Fault::RestartRabbitMq,
+        Fault::CrashPostgres,
+        Fault::SlowGateway,
+        Fault::DuplicateResults,
+        Fault::Poison,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::KillWallet => "kill -9 wallet-service",
+            Fault::KillProcessor => "kill -9 processor-service",
+            Fault::KillGateway => "kill -9 mock-gateway",
+            Fault::KillKafka => "kill -9 Kafka broker",
+            Fault::RestartRabbitMq => "restart RabbitMQ",
+            Fault::CrashPostgres => "PostgreSQL stop -m immediate",
+            Fault::SlowGateway => "gateway slower than timeout",
+            Fault::DuplicateResults => "duplicate/conflicting results",
+            Fault::Poison => "poison messages",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// `rounds` of every fault kind, shuffled by `seed`, spread over `[start, end)` seconds with
+/// at least `gap` seconds between two faults (each fault is undone before the next).
+pub fn build(seed: u64, rounds: usize, start: f64, end: f64, gap: f64) -> Vec<(f64, Fault)> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut faults: Vec<Fault> = (0..rounds).flat_map(|_| Fault::ALL).collect();
+    rng.shuffle(&mut faults);
+    let n = faults.len().max(1) as f64;
+    let slot = ((end - start) / n).max(gap);
+    faults
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| (start + i as f64 * slot + rng.f64() * (slot - gap).max(0.0), f))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_schedule_and_every_kind_present() {
+        let a = build(7, 2, 10.0, 100.0, 3.0);
+        assert_eq!(a, build(7, 2, 10.0, 100.0, 3.0));
+        assert_ne!(a, build(8, 2, 10.0, 100.0, 3.0));
+        assert_eq!(a.len(), 18);
+        for kind in Fault::ALL {
+            assert_eq!(a.iter().filter(|(_, f)| *f == kind).count(), 2);
+        }
+    }
+
+    #[test]
+    fn faults_are_ordered_and_spaced() {
+        let s = build(1, 3, 5.0, 200.0, 4.0);
+        for w in s.windows(2) {
+            assert!(w[1].0 - w[0].0 >= 0.0, "{s:?}");
+        }
+        assert!(s.iter().all(|(t, _)| *t >= 5.0));
+    }
+}
