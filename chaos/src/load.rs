@@ -50,7 +50,10 @@ impl Load {
     pub fn new(url: &str, secret: &str, seed: u64, wallets: usize) -> Self {
         let run = format!("chaos-{seed}-{}", Uuid::now_v7().simple());
         Self {
-            http: Client::builder().timeout(Duration::from_secs(5)).build().expect("client builds"),
+            http: Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client builds"),
             url: url.trim_end_matches('/').to_owned(),
             admin: wallet_service::auth::mint(secret, "chaos-admin", true, 7200),
             owners: (0..wallets).map(|i| format!("{run}-{i}")).collect(),
@@ -76,7 +79,13 @@ impl Load {
     }
 
     /// POSTs until a definitive answer, always with the same key.
-    async fn post(&self, path: &str, token: &str, key: &str, body: &Value) -> anyhow::Result<Answer> {
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: &Value,
+    ) -> anyhow::Result<Answer> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
@@ -117,11 +126,26 @@ impl Load {
     pub async fn fund(&self) -> anyhow::Result<()> {
         for (i, owner) in self.owners.iter().enumerate() {
             let token = wallet_service::auth::mint(&self.secret, owner, false, 7200);
-            let (s, w) = self.post("/v1/wallets", &token, &format!("{}-w{i}", self.run), &json!({"currency": "EUR"})).await?;
-            anyhow::ensure!(s == StatusCode::CREATED, "creating a wallet answered {s}: {w}");
+            let (s, w) = self
+                .post(
+                    "/v1/wallets",
+                    &token,
+                    &format!("{}-w{i}", self.run),
+                    &json!({"currency": "EUR"}),
+                )
+                .await?;
+            anyhow::ensure!(
+                s == StatusCode::CREATED,
+                "creating a wallet answered {s}: {w}"
+            );
             let id = w["id"].as_str().unwrap_or_default().to_owned();
             let (s, d) = self
-                .post(&format!("/v1/wallets/{id}/deposits"), &self.admin, &format!("{}-d{i}", self.run), &json!({"amount": DEPOSIT, "currency": "EUR"}))
+                .post(
+                    &format!("/v1/wallets/{id}/deposits"),
+                    &self.admin,
+                    &format!("{}-d{i}", self.run),
+                    &json!({"amount": DEPOSIT, "currency": "EUR"}),
+                )
                 .await?;
             anyhow::ensure!(s == StatusCode::CREATED, "deposit answered {s}: {d}");
             self.wallets.lock().unwrap().push(Wallet { token, id });
@@ -148,7 +172,10 @@ impl Load {
                 failed += 1;
             }
         }
-        anyhow::ensure!(failed == 0, "{failed} payments never got a definitive answer");
+        anyhow::ensure!(
+            failed == 0,
+            "{failed} payments never got a definitive answer"
+        );
         Ok(())
     }
 
@@ -169,9 +196,12 @@ impl Load {
         let body = json!({"wallet_id": wallet_id, "amount": amount, "currency": "EUR", "merchant_id": merchant});
         let key = format!("{}-p{n}", self.run);
         self.bump(|s| s.attempted += 1);
-        let first = if n % 17 == 0 {
+        let first = if n.is_multiple_of(17) {
             // Two copies at once: one runs, the other waits its turn and replays.
-            let (a, b) = tokio::join!(self.post("/v1/payments", &token, &key, &body), self.post("/v1/payments", &token, &key, &body));
+            let (a, b) = tokio::join!(
+                self.post("/v1/payments", &token, &key, &body),
+                self.post("/v1/payments", &token, &key, &body)
+            );
             let (a, b) = (a?, b?);
             self.compare(&a, &b);
             a
@@ -180,14 +210,17 @@ impl Load {
         };
         match first.0.as_u16() {
             202 => {
-                let id = first.1["id"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| anyhow::anyhow!("202 without an id"))?;
+                let id = first.1["id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("202 without an id"))?;
                 self.accepted.lock().unwrap().push(id);
                 self.bump(|s| s.accepted += 1);
             }
             422 if first.1["code"] == "insufficient_funds" => self.bump(|s| s.refused += 1),
             other => anyhow::bail!("payment answered {other}: {}", first.1),
         }
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             let again = self.post("/v1/payments", &token, &key, &body).await?;
             self.compare(&first, &again);
         }
@@ -210,27 +243,58 @@ impl Load {
     /// Through the API: per wallet, deposits = available + held + captured. Returns the
     /// wallets that disagree.
     pub async fn wallet_conservation(&self, http: &Client) -> anyhow::Result<Vec<String>> {
-        let wallets: Vec<(String, String)> = self.wallets.lock().unwrap().iter().map(|w| (w.token.clone(), w.id.clone())).collect();
+        let wallets: Vec<(String, String)> = self
+            .wallets
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| (w.token.clone(), w.id.clone()))
+            .collect();
         let mut bad = Vec::new();
         for (token, id) in wallets {
-            let b: Value = http.get(format!("{}/v1/wallets/{id}/balance", self.url)).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
+            let b: Value = http
+                .get(format!("{}/v1/wallets/{id}/balance", self.url))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
             let mut captured = 0;
             let mut cursor: Option<String> = None;
             loop {
-                let mut url = format!("{}/v1/payments?wallet_id={id}&status=succeeded&limit=100", self.url);
+                let mut url = format!(
+                    "{}/v1/payments?wallet_id={id}&status=succeeded&limit=100",
+                    self.url
+                );
                 if let Some(c) = &cursor {
                     url.push_str(&format!("&cursor={c}"));
                 }
-                let page: Value = http.get(url).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
-                captured += page["data"].as_array().map(|d| d.iter().filter_map(|p| p["amount"].as_i64()).sum::<i64>()).unwrap_or(0);
+                let page: Value = http
+                    .get(url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                captured += page["data"]
+                    .as_array()
+                    .map(|d| d.iter().filter_map(|p| p["amount"].as_i64()).sum::<i64>())
+                    .unwrap_or(0);
                 match page["next_cursor"].as_str() {
                     Some(c) => cursor = Some(c.to_owned()),
                     None => break,
                 }
             }
-            let (available, held) = (b["available"].as_i64().unwrap_or(-1), b["held"].as_i64().unwrap_or(-1));
+            let (available, held) = (
+                b["available"].as_i64().unwrap_or(-1),
+                b["held"].as_i64().unwrap_or(-1),
+            );
             if available + held + captured != DEPOSIT || held != 0 {
-                bad.push(format!("{id}: available {available} + held {held} + captured {captured} != {DEPOSIT}"));
+                bad.push(format!(
+                    "{id}: available {available} + held {held} + captured {captured} != {DEPOSIT}"
+                ));
             }
         }
         Ok(bad)

@@ -23,7 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "chaos", about = "Fault-injection suite for the payment pipeline (run via scripts/chaos)")]
+#[command(
+    name = "chaos",
+    about = "Fault-injection suite for the payment pipeline (run via scripts/chaos)"
+)]
 struct Args {
     /// Seed of the load mix and the fault schedule (random when omitted; always printed).
     #[arg(long)]
@@ -52,6 +55,9 @@ struct Args {
     /// RabbitMQ management API (for the dead-letter queue depth).
     #[arg(long, default_value = "http://guest:guest@127.0.0.1:15672")]
     rabbit_api: String,
+    /// The gateway's durable record of charges (one JSON line per charge or voided key).
+    #[arg(long, env = "GATEWAY_DATA_FILE")]
+    gateway_data_file: String,
     /// Where scripts/chaos-ctl lives.
     #[arg(long, default_value = "scripts/chaos-ctl")]
     ctl: String,
@@ -64,7 +70,11 @@ struct Profile {
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("[chaos {}] {}", chrono::Utc::now().format("%H:%M:%S"), msg.as_ref());
+    eprintln!(
+        "[chaos {}] {}",
+        chrono::Utc::now().format("%H:%M:%S"),
+        msg.as_ref()
+    );
 }
 
 #[tokio::main]
@@ -72,21 +82,43 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(1..1_000_000));
     let profile = match args.profile.as_str() {
-        "short" => Profile { load_secs: 75.0, rate: 20.0, rounds: 1 },
-        "long" => Profile { load_secs: 600.0, rate: 30.0, rounds: 5 },
+        "short" => Profile {
+            load_secs: 75.0,
+            rate: 20.0,
+            rounds: 1,
+        },
+        "long" => Profile {
+            load_secs: 600.0,
+            rate: 30.0,
+            rounds: 5,
+        },
         other => anyhow::bail!("unknown profile {other:?} (short or long)"),
     };
     let rate = args.rate.unwrap_or(profile.rate);
-    log(format!("seed {seed} (replay with: scripts/chaos --seed {seed} --profile {})", args.profile));
+    log(format!(
+        "seed {seed} (replay with: scripts/chaos --seed {seed} --profile {})",
+        args.profile
+    ));
 
-    let pool = PgPool::connect(&args.database_url).await.context("connecting to PostgreSQL")?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let gateway_before = gateway_stats(&http, &args.gateway_url).await?;
-    let dlq_before = dead_letters(&http, &args, &pool).await?;
+    let pool = PgPool::connect(&args.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let dlq_before = dead_letters(&http, &args).await?;
 
-    let load = Arc::new(Load::new(&args.wallet_url, &args.jwt_secret, seed, args.wallets));
+    let load = Arc::new(Load::new(
+        &args.wallet_url,
+        &args.jwt_secret,
+        seed,
+        args.wallets,
+    ));
     load.fund().await?;
-    log(format!("{} wallets funded; offering {rate}/s for {}s", args.wallets, profile.load_secs));
+    log(format!(
+        "{} wallets funded; offering {rate}/s for {}s",
+        args.wallets, profile.load_secs
+    ));
 
     let schedule = schedule::build(seed, profile.rounds, 10.0, profile.load_secs - 10.0, 6.0);
     for (at, f) in &schedule {
@@ -94,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let driver = tokio::spawn(load.clone().drive(rate, Duration::from_secs_f64(profile.load_secs)));
+    let driver = tokio::spawn(
+        load.clone()
+            .drive(rate, Duration::from_secs_f64(profile.load_secs)),
+    );
     let mut injected_poison = (0u64, 0u64);
     let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut last_fault_end = started;
@@ -107,7 +142,9 @@ async fn main() -> anyhow::Result<()> {
                 injected_poison.0 += poison.0;
                 injected_poison.1 += poison.1;
             }
-            Err(e) => log(format!("  fault {fault} could not be injected fully: {e:#}")),
+            Err(e) => log(format!(
+                "  fault {fault} could not be injected fully: {e:#}"
+            )),
         }
         *counts.entry(fault.label()).or_default() += 1;
         last_fault_end = Instant::now();
@@ -126,38 +163,79 @@ async fn main() -> anyhow::Result<()> {
     report.check(
         "money conserved per currency (deposits = available + held + captured)",
         conservation.iter().all(|c| c.1 == 0),
-        conservation.iter().map(|(cur, diff)| format!("{cur}: {diff:+} cents")).collect::<Vec<_>>().join(", "),
+        conservation
+            .iter()
+            .map(|(cur, diff)| format!("{cur}: {diff:+} cents"))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     let (negative, ledger_mismatch) = balances_sane(&pool).await?;
-    report.check("no balance ever negative; balances match the ledger", negative == 0 && ledger_mismatch == 0, format!("{negative} negative, {ledger_mismatch} ledger mismatches"));
+    report.check(
+        "no balance ever negative; balances match the ledger",
+        negative == 0 && ledger_mismatch == 0,
+        format!("{negative} negative, {ledger_mismatch} ledger mismatches"),
+    );
     let stats = load.stats();
-    report.check("no 500 answered (constraint or other internal errors)", stats.internal_errors == 0, format!("{} x 500", stats.internal_errors));
+    report.check(
+        "no 500 answered (constraint or other internal errors)",
+        stats.internal_errors == 0,
+        format!("{} x 500", stats.internal_errors),
+    );
     report.check(
         "every accepted payment terminal",
         ids.pending == 0,
-        format!("{} accepted, {} pending; last final {:.1}s after the last fault", ids.accepted, ids.pending, recovered.as_secs_f64()),
+        format!(
+            "{} accepted, {} pending; last final {:.1}s after the last fault",
+            ids.accepted,
+            ids.pending,
+            recovered.as_secs_f64()
+        ),
     );
     let per_wallet = load.wallet_conservation(&http).await?;
-    report.check("per wallet: deposits = available + held + captured", per_wallet.is_empty(), per_wallet.join("; "));
+    report.check(
+        "per wallet: deposits = available + held + captured",
+        per_wallet.is_empty(),
+        per_wallet.join("; "),
+    );
     let gateway = gateway_agrees(&http, &args.gateway_url, &pool, &load).await?;
-    let gateway_after = gateway_stats(&http, &args.gateway_url).await?;
-    let charged = gateway_after["charges"].as_i64().unwrap_or(0) - gateway_before["charges"].as_i64().unwrap_or(0);
+    let records = charge_records(&args.gateway_data_file, &load.accepted_ids())?;
+    let doubles: Vec<String> = records
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, n)| format!("{k} x{n}"))
+        .collect();
+    let charged = records.len() as i64;
     report.check(
         "gateway charges = succeeded payments; no key charged twice",
-        gateway.mismatches.is_empty() && charged == gateway.succeeded,
-        format!("{charged} charged, {} succeeded; {}", gateway.succeeded, if gateway.mismatches.is_empty() { "all agree".into() } else { gateway.mismatches.join("; ") }),
+        gateway.mismatches.is_empty() && charged == gateway.succeeded && doubles.is_empty(),
+        format!(
+            "{charged} keys charged, {} payments succeeded, {} keys charged twice; {}",
+            gateway.succeeded,
+            doubles.len(),
+            if gateway.mismatches.is_empty() {
+                "every payment agrees with its gateway record".into()
+            } else {
+                gateway.mismatches.join("; ")
+            }
+        ),
     );
     report.check(
         "idempotent retries got the first response",
         stats.replay_mismatches == 0,
-        format!("{} retries compared, {} differed", stats.replays_compared, stats.replay_mismatches),
+        format!(
+            "{} retries compared, {} differed",
+            stats.replays_compared, stats.replay_mismatches
+        ),
     );
-    let dlq_after = dead_letters(&http, &args, &pool).await?;
+    let dlq_after = dead_letters(&http, &args).await?;
     let dead = (dlq_after.0 - dlq_before.0, dlq_after.1 - dlq_before.1);
     report.check(
         "messages dead-lettered = poison injected",
         dead.0 == injected_poison.0 as i64 && dead.1 == injected_poison.1 as i64,
-        format!("RabbitMQ {}/{} , Kafka {}/{} (dead-lettered/injected)", dead.0, injected_poison.0, dead.1, injected_poison.1),
+        format!(
+            "RabbitMQ {}/{} , Kafka {}/{} (dead-lettered/injected)",
+            dead.0, injected_poison.0, dead.1, injected_poison.1
+        ),
     );
 
     println!();
@@ -174,7 +252,8 @@ async fn main() -> anyhow::Result<()> {
         println!("chaos: all invariants held (seed {seed})");
         Ok(())
     } else {
-        anyhow::bail!("chaos: invariants violated (seed {seed}); replay with --seed {seed}")
+        eprintln!("chaos: invariants violated (seed {seed}); replay with: scripts/chaos --seed {seed} --profile {}", args.profile);
+        std::process::exit(1)
     }
 }
 
@@ -192,19 +271,35 @@ impl Report {
         println!();
         println!("{:<4} {:<72} detail", "", "invariant");
         for (what, ok, detail) in &self.0 {
-            println!("{:<4} {:<72} {}", if *ok { "ok" } else { "FAIL" }, what, detail);
+            println!(
+                "{:<4} {:<72} {}",
+                if *ok { "ok" } else { "FAIL" },
+                what,
+                detail
+            );
         }
     }
 }
 
 async fn ctl(args: &Args, a: &[&str]) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new("bash").arg(&args.ctl).args(a).status().await?;
+    let status = tokio::process::Command::new("bash")
+        .arg(&args.ctl)
+        .args(a)
+        .status()
+        .await?;
     anyhow::ensure!(status.success(), "chaos-ctl {a:?} failed");
     Ok(())
 }
 
 /// Injects one fault and undoes it. Returns poison messages injected (RabbitMQ, Kafka).
-async fn inject(fault: Fault, args: &Args, http: &reqwest::Client, pool: &PgPool, load: &Load, seed: u64) -> anyhow::Result<(u64, u64)> {
+async fn inject(
+    fault: Fault,
+    args: &Args,
+    http: &reqwest::Client,
+    pool: &PgPool,
+    load: &Load,
+    seed: u64,
+) -> anyhow::Result<(u64, u64)> {
     let down = Duration::from_millis(1000 + seed % 2000);
     match fault {
         Fault::KillWallet | Fault::KillProcessor | Fault::KillGateway | Fault::KillKafka => {
@@ -239,7 +334,11 @@ async fn inject(fault: Fault, args: &Args, http: &reqwest::Client, pool: &PgPool
 }
 
 async fn set_gateway_latency(http: &reqwest::Client, url: &str, ms: u64) -> anyhow::Result<()> {
-    http.put(format!("{url}/v1/admin/behaviour")).json(&json!({"latency_ms": ms})).send().await?.error_for_status()?;
+    http.put(format!("{url}/v1/admin/behaviour"))
+        .json(&json!({"latency_ms": ms}))
+        .send()
+        .await?
+        .error_for_status()?;
     Ok(())
 }
 
@@ -251,47 +350,89 @@ async fn reset_gateway(http: &reqwest::Client, url: &str) {
 /// opposite outcome after it. The wallet must ignore all of them.
 async fn duplicate_results(args: &Args, pool: &PgPool, load: &Load) -> anyhow::Result<()> {
     let ids = load.accepted_ids();
-    let finals: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, status FROM payments WHERE id = ANY($1) AND status <> 'pending' LIMIT 10")
-        .bind(&ids)
-        .fetch_all(pool)
-        .await?;
+    let finals: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, status FROM payments WHERE id = ANY($1) AND status <> 'pending' LIMIT 10",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
     let producer: FutureProducer = shared::kafka::producer(&args.kafka_brokers)?;
     let topic = shared::topology::KafkaTopics::default().results;
     for (id, status) in &finals {
         let pid = PaymentId(*id);
         let same = if status == "succeeded" {
-            PaymentResult::new(EventId::new(), pid, ResultOutcome::Succeeded, None, Some("dup".into()))
+            PaymentResult::new(
+                EventId::new(),
+                pid,
+                ResultOutcome::Succeeded,
+                None,
+                Some("dup".into()),
+            )
         } else {
-            PaymentResult::new(EventId::new(), pid, ResultOutcome::Failed, Some(FailureReason::Declined), None)
+            PaymentResult::new(
+                EventId::new(),
+                pid,
+                ResultOutcome::Failed,
+                Some(FailureReason::Declined),
+                None,
+            )
         };
         let opposite = if status == "succeeded" {
-            PaymentResult::new(EventId::new(), pid, ResultOutcome::Failed, Some(FailureReason::Declined), None)
+            PaymentResult::new(
+                EventId::new(),
+                pid,
+                ResultOutcome::Failed,
+                Some(FailureReason::Declined),
+                None,
+            )
         } else {
-            PaymentResult::new(EventId::new(), pid, ResultOutcome::Succeeded, None, Some("late".into()))
+            PaymentResult::new(
+                EventId::new(),
+                pid,
+                ResultOutcome::Succeeded,
+                None,
+                Some("late".into()),
+            )
         };
         for r in [&same, &same, &opposite] {
             let payload = serde_json::to_vec(r)?;
             let key = pid.to_string();
             producer
-                .send(FutureRecord::to(&topic).key(&key).payload(&payload), Duration::from_secs(15))
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(15),
+                )
                 .await
                 .map_err(|(e, _)| anyhow::anyhow!("producing a duplicate: {e}"))?;
         }
     }
-    log(format!("  re-published 3 results each for {} final payments", finals.len()));
+    log(format!(
+        "  re-published 3 results each for {} final payments",
+        finals.len()
+    ));
     Ok(())
 }
 
 /// Unparseable messages on both brokers.
 async fn poison(args: &Args) -> anyhow::Result<(u64, u64)> {
-    let conn = lapin::Connection::connect(&args.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let conn =
+        lapin::Connection::connect(&args.amqp_url, lapin::ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(Default::default()).await?;
     let topology = shared::topology::AmqpTopology::default();
-    let bodies: [&[u8]; 2] = [b"not json at all", br#"{"type":"payment.requested","version":99}"#];
+    let bodies: [&[u8]; 2] = [
+        b"not json at all",
+        br#"{"type":"payment.requested","version":99}"#,
+    ];
     for body in bodies {
         channel
-            .basic_publish(topology.exchange.as_str().into(), topology.routing_key.as_str().into(), Default::default(), body, lapin::BasicProperties::default().with_delivery_mode(2))
+            .basic_publish(
+                topology.exchange.as_str().into(),
+                topology.routing_key.as_str().into(),
+                Default::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
             .await?
             .await?;
     }
@@ -300,7 +441,12 @@ async fn poison(args: &Args) -> anyhow::Result<(u64, u64)> {
     let topic = shared::topology::KafkaTopics::default().results;
     for body in bodies {
         producer
-            .send(FutureRecord::<str, [u8]>::to(&topic).key("poison").payload(body), Duration::from_secs(15))
+            .send(
+                FutureRecord::<str, [u8]>::to(&topic)
+                    .key("poison")
+                    .payload(body),
+                Duration::from_secs(15),
+            )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("producing poison: {e}"))?;
     }
@@ -308,14 +454,28 @@ async fn poison(args: &Args) -> anyhow::Result<(u64, u64)> {
     Ok((2, 2))
 }
 
-async fn gateway_stats(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    Ok(http.get(format!("{url}/v1/stats")).send().await?.json().await?)
+/// Succeeded charges per key of this run's payments, from the gateway's own durable record.
+fn charge_records(path: &str, ids: &[uuid::Uuid]) -> anyhow::Result<BTreeMap<String, u32>> {
+    let ours: std::collections::HashSet<String> = ids.iter().map(|i| i.to_string()).collect();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let mut counts = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("{path}: bad line"))?;
+        let key = v["idempotency_key"].as_str().unwrap_or_default();
+        if v["status"] == "succeeded" && ours.contains(key) {
+            *counts.entry(key.to_owned()).or_default() += 1;
+        }
+    }
+    Ok(counts)
 }
 
 /// Messages in the RabbitMQ dead-letter queue and on the Kafka dead-letter topic.
-async fn dead_letters(http: &reqwest::Client, args: &Args, _pool: &PgPool) -> anyhow::Result<(i64, i64)> {
+async fn dead_letters(http: &reqwest::Client, args: &Args) -> anyhow::Result<(i64, i64)> {
     let q: Value = http
-        .get(format!("{}/api/queues/%2F/payments.requested.dlq", args.rabbit_api))
+        .get(format!(
+            "{}/api/queues/%2F/payments.requested.dlq",
+            args.rabbit_api
+        ))
         .send()
         .await?
         .error_for_status()?
@@ -324,8 +484,14 @@ async fn dead_letters(http: &reqwest::Client, args: &Args, _pool: &PgPool) -> an
     let rabbit = q["messages"].as_i64().unwrap_or(0);
     let brokers = args.kafka_brokers.clone();
     let kafka = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-        let consumer: BaseConsumer = shared::topology::kafka_config(&brokers).set("group.id", "chaos-watermarks").create()?;
-        let (low, high) = consumer.fetch_watermarks(&shared::topology::KafkaTopics::default().results_dlq, 0, Duration::from_secs(10))?;
+        let consumer: BaseConsumer = shared::topology::kafka_config(&brokers)
+            .set("group.id", "chaos-watermarks")
+            .create()?;
+        let (low, high) = consumer.fetch_watermarks(
+            &shared::topology::KafkaTopics::default().results_dlq,
+            0,
+            Duration::from_secs(10),
+        )?;
         Ok(high - low)
     })
     .await??;
@@ -337,16 +503,28 @@ struct Terminal {
     pending: i64,
 }
 
-async fn wait_terminal(pool: &PgPool, load: &Load, deadline: Duration) -> anyhow::Result<(Terminal, Instant)> {
+async fn wait_terminal(
+    pool: &PgPool,
+    load: &Load,
+    deadline: Duration,
+) -> anyhow::Result<(Terminal, Instant)> {
     let ids = load.accepted_ids();
     let start = Instant::now();
     loop {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE id = ANY($1) AND status = 'pending'")
-            .bind(&ids)
-            .fetch_one(pool)
-            .await?;
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM payments WHERE id = ANY($1) AND status = 'pending'",
+        )
+        .bind(&ids)
+        .fetch_one(pool)
+        .await?;
         if pending == 0 || start.elapsed() > deadline {
-            return Ok((Terminal { accepted: ids.len(), pending }, Instant::now()));
+            return Ok((
+                Terminal {
+                    accepted: ids.len(),
+                    pending,
+                },
+                Instant::now(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -371,7 +549,10 @@ async fn conservation(pool: &PgPool) -> anyhow::Result<Vec<(String, i64)>> {
 /// Wallets with a negative balance, and wallets whose balances differ from their last
 /// ledger entry.
 async fn balances_sane(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
-    let negative: i64 = sqlx::query_scalar("SELECT count(*) FROM wallets WHERE available < 0 OR held < 0").fetch_one(pool).await?;
+    let negative: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM wallets WHERE available < 0 OR held < 0")
+            .fetch_one(pool)
+            .await?;
     let mismatched: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM wallets w
          JOIN LATERAL (SELECT available_after, held_after FROM ledger_entries
@@ -389,15 +570,31 @@ struct GatewayCheck {
 }
 
 /// Each payment's final status against the gateway's record for its key.
-async fn gateway_agrees(http: &reqwest::Client, url: &str, pool: &PgPool, load: &Load) -> anyhow::Result<GatewayCheck> {
-    let rows: Vec<(uuid::Uuid, String, Option<String>)> = sqlx::query_as("SELECT id, status, failure_reason FROM payments WHERE id = ANY($1)")
-        .bind(load.accepted_ids())
-        .fetch_all(pool)
-        .await?;
-    let mut check = GatewayCheck { succeeded: 0, mismatches: Vec::new() };
+async fn gateway_agrees(
+    http: &reqwest::Client,
+    url: &str,
+    pool: &PgPool,
+    load: &Load,
+) -> anyhow::Result<GatewayCheck> {
+    let rows: Vec<(uuid::Uuid, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, failure_reason FROM payments WHERE id = ANY($1)")
+            .bind(load.accepted_ids())
+            .fetch_all(pool)
+            .await?;
+    let mut check = GatewayCheck {
+        succeeded: 0,
+        mismatches: Vec::new(),
+    };
     for (id, status, reason) in rows {
         let r = http.get(format!("{url}/v1/charges/{id}")).send().await?;
-        let gw = if r.status().is_success() { r.json::<Value>().await?["status"].as_str().unwrap_or("?").to_owned() } else { r.status().as_u16().to_string() };
+        let gw = if r.status().is_success() {
+            r.json::<Value>().await?["status"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        } else {
+            r.status().as_u16().to_string()
+        };
         let expected = match (status.as_str(), reason.as_deref()) {
             ("succeeded", _) => "succeeded",
             ("failed", Some("declined")) => "declined",
@@ -408,7 +605,9 @@ async fn gateway_agrees(http: &reqwest::Client, url: &str, pool: &PgPool, load: 
             check.succeeded += 1;
         }
         if gw != expected {
-            check.mismatches.push(format!("{id}: wallet {status}/{reason:?}, gateway {gw}"));
+            check
+                .mismatches
+                .push(format!("{id}: wallet {status}/{reason:?}, gateway {gw}"));
         }
     }
     Ok(check)

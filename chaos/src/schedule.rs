@@ -63,7 +63,12 @@ pub fn build(seed: u64, rounds: usize, start: f64, end: f64, gap: f64) -> Vec<(f
     faults
         .into_iter()
         .enumerate()
-        .map(|(i, f)| (start + i as f64 * slot + rng.f64() * (slot - gap).max(0.0), f))
+        .map(|(i, f)| {
+            (
+                start + i as f64 * slot + rng.f64() * (slot - gap).max(0.0),
+                f,
+            )
+        })
         .collect()
 }
 

@@ -44,6 +44,39 @@ pub fn describe_metrics() {
     dispatcher::describe_metrics();
     finalizer::describe_metrics();
     crate::reconciler::describe_metrics();
+    // Series exist from the start (at 0), so rate() and alerts see their first increment.
+    for reason in [
+        "not_json",
+        "wrong_type",
+        "unsupported_version",
+        "invalid",
+        "unknown_payment",
+    ] {
+        metrics::counter!("results_dead_lettered_total", "reason" => reason).increment(0);
+    }
+    for kind in ["event", "payment_final"] {
+        metrics::counter!("results_duplicates_total", "kind" => kind).increment(0);
+    }
+    for (outcome, reason) in [
+        ("succeeded", ""),
+        ("failed", "declined"),
+        ("failed", "gateway_unavailable"),
+    ] {
+        metrics::counter!("payments_finalized_total", "outcome" => outcome, "reason" => reason)
+            .increment(0);
+    }
+    metrics::counter!("payments_refused_total", "reason" => "insufficient_funds").increment(0);
+    for name in [
+        "payments_accepted_total",
+        "deposits_total",
+        "idempotent_replays_total",
+        "outbox_published_total",
+        "outbox_publish_failures_total",
+        "payments_redriven_total",
+        "results_consumed_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
 }
 
 /// A running service: its address and the tasks to wait for after shutdown.
