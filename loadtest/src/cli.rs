@@ -86,7 +86,7 @@ pub struct Args {
     pub seed: u64,
 
     /// Directory for the JSON and SVG reports (created if missing).
-    #[arg(long, default_value = "target/loadtest")]
+    #[arg(long, env = "LOADTEST_REPORT_DIR", default_value = "target/loadtest")]
     pub report_dir: PathBuf,
 
     /// Target: payment POST p99 latency in milliseconds; a higher p99 fails the run.
@@ -160,8 +160,11 @@ impl Args {
                 MAX_AMOUNT - 1_000_000
             ));
         }
-        if self.deposit < 100_000 && self.refuse_share < 1.0 {
-            return Err("--deposit must be at least 100000 so ordinary payments fit".into());
+        if self.deposit < crate::mix::Mix::MAX_ORDINARY_AMOUNT && self.refuse_share < 1.0 {
+            return Err(format!(
+                "--deposit must be at least {} so ordinary payments fit",
+                crate::mix::Mix::MAX_ORDINARY_AMOUNT
+            ));
         }
         let c = &self.currency;
         if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -177,7 +180,10 @@ impl Args {
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
-    let r: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let r: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
     if !(r.is_finite() && r > 0.0 && r <= 1_000_000.0) {
         return Err("rate must be > 0 and at most 1000000 per second".into());
     }
@@ -185,7 +191,10 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
-    let r: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let r: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
     if !(0.0..=1.0).contains(&r) {
         return Err("must be a share from 0 to 1".into());
     }
@@ -193,7 +202,10 @@ fn parse_share(s: &str) -> Result<f64, String> {
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
-    let r: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let r: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
     if !(0.0..=100.0).contains(&r) {
         return Err("must be from 0 to 100".into());
     }
@@ -216,7 +228,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("`{s}`: number without a unit (ms, s, m, h)"))?;
         if num_len == 0 {
-            return Err(format!("`{s}` is not a duration like 30s, 500ms, 2m, 1m30s"));
+            return Err(format!(
+                "`{s}` is not a duration like 30s, 500ms, 2m, 1m30s"
+            ));
         }
         let value: f64 = rest[..num_len]
             .parse()
@@ -240,7 +254,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn positive(secs: f64, s: &str) -> Result<Duration, String> {
     if !(secs.is_finite() && secs > 0.0 && secs <= 366.0 * 86400.0) {
-        return Err(format!("`{s}`: a duration must be positive (and under a year)"));
+        return Err(format!(
+            "`{s}`: a duration must be positive (and under a year)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -258,7 +274,9 @@ pub fn parse_ramp(s: &str) -> Result<Ramp, String> {
             .parse()
             .map_err(|_| format!("`{rate}` is not a rate"))?;
         if !(rate.is_finite() && (0.0..=1_000_000.0).contains(&rate)) {
-            return Err(format!("`{part}`: rate must be from 0 to 1000000 per second"));
+            return Err(format!(
+                "`{part}`: rate must be from 0 to 1000000 per second"
+            ));
         }
         let duration = parse_duration(duration)?;
         steps.push(Step { rate, duration });
@@ -284,7 +302,9 @@ mod tests {
         assert_eq!(d("1m30s"), Duration::from_secs(90));
         assert_eq!(d("1.5s"), Duration::from_millis(1500));
         assert_eq!(d(" 10s "), Duration::from_secs(10));
-        for bad in ["", "s", "10x", "0s", "0", "-5s", "1.2.3s", "10 s", "ms10", "nan"] {
+        for bad in [
+            "", "s", "10x", "0s", "0", "-5s", "1.2.3s", "10 s", "ms10", "nan",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -313,7 +333,9 @@ mod tests {
                 },
             ]
         );
-        for bad in ["", "50", "50:", ":10s", "x:10s", "-1:10s", "50:10s,", "50:0s", "inf:1s"] {
+        for bad in [
+            "", "50", "50:", ":10s", "x:10s", "-1:10s", "50:10s,", "50:0s", "inf:1s",
+        ] {
             assert!(parse_ramp(bad).is_err(), "{bad:?} should be refused");
         }
     }

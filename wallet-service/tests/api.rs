@@ -717,3 +717,64 @@ async fn each_principal_is_rate_limited_with_retry_after(pool: PgPool) {
     );
     app.stop().await;
 }
+
+/// Holds the wallet row locked from another transaction, as a stuck writer would.
+async fn lock_wallet(pool: &PgPool, id: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM wallets WHERE id = $1::uuid FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_request_past_its_deadline_answers_503_problem_and_changes_nothing(pool: PgPool) {
+    let app = spawn(
+        pool.clone(),
+        Opts {
+            request_timeout: std::time::Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 1_000, "EUR").await;
+    let holder = lock_wallet(&pool, &id).await;
+    let r = app.pay("alice", &id, 100, "m").await;
+    assert_eq!(r.headers()["retry-after"], "1");
+    problem(r, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+    holder.rollback().await.unwrap();
+    assert_eq!(app.balance("alice", &id).await, (1_000, 0));
+    assert_eq!(count(&pool, "payments").await, 0);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_lock_timeout_in_the_database_is_a_retryable_503(pool: PgPool) {
+    // The request deadline (10 s) is longer than the database's lock_timeout (3 s).
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let id = app.create_wallet("alice", "EUR").await;
+    app.deposit(&id, 1_000, "EUR").await;
+    let holder = lock_wallet(&pool, &id).await;
+    let key = "lock-timeout-key";
+    let body = json!({"wallet_id": id, "amount": 100, "currency": "EUR", "merchant_id": "m"});
+    problem(
+        app.post("/v1/payments", &token("alice"), Some(key), &body)
+            .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    holder.rollback().await.unwrap();
+    // Not stored under the key: the retry goes through.
+    assert_eq!(
+        app.post("/v1/payments", &token("alice"), Some(key), &body)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(app.balance("alice", &id).await, (900, 100));
+    app.stop().await;
+}

@@ -38,6 +38,8 @@ pub enum ApiError {
     CurrencyMismatch { wallet: String, requested: String },
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("the request did not complete within {0} ms; retry later")]
+    Timeout(u128),
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -47,25 +49,31 @@ pub enum ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::Unavailable(e)
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => Self::Unavailable(e),
             sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
                 // numeric_value_out_of_range: a balance would leave bigint.
                 Self::Validation("amount would overflow the wallet balance".into())
             }
-            sqlx::Error::Database(db)
-                if db
-                    .code()
-                    .as_deref()
-                    .is_some_and(|c| c.starts_with("08") || c == "57P01") =>
-            {
-                // Connection exceptions and admin shutdown: the database went away.
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_transient) => {
                 Self::Unavailable(e)
             }
             _ => Self::Internal(e.into()),
         }
     }
+}
+
+/// SQLSTATEs that say "try again later", not "your request is wrong": connection loss,
+/// shutdown, lock and statement timeouts, serialization failures and deadlocks, resource
+/// exhaustion.
+fn is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "55P03" | "57014" | "40001" | "40P01")
 }
 
 impl ApiError {
@@ -84,7 +92,7 @@ impl ApiError {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             IdempotencyKeyInUse => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,7 +115,7 @@ impl ApiError {
             RateLimited { .. } => "rate_limited",
             InsufficientFunds { .. } => "insufficient_funds",
             CurrencyMismatch { .. } => "currency_mismatch",
-            Unavailable(_) => "service_unavailable",
+            Unavailable(_) | Timeout(_) => "service_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -130,7 +138,7 @@ impl ApiError {
             RateLimited { .. } => "Too many requests",
             InsufficientFunds { .. } => "Insufficient funds",
             CurrencyMismatch { .. } => "Currency mismatch",
-            Unavailable(_) => "Service unavailable",
+            Unavailable(_) | Timeout(_) => "Service unavailable",
             Internal(_) => "Internal server error",
         }
     }
@@ -171,7 +179,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = json_response(self.status(), &self.problem());
         let retry_after = match self {
-            ApiError::Unavailable(_) => Some(1),
+            ApiError::Unavailable(_) | ApiError::Timeout(_) => Some(1),
             ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs),
             _ => None,
         };

@@ -10,7 +10,6 @@ mod wallets;
 
 use crate::auth::Verifier;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
@@ -20,7 +19,6 @@ use sqlx::PgPool;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tower_http::timeout::TimeoutLayer;
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -45,6 +43,19 @@ pub struct Health {
     pub kafka: Option<Arc<StreamConsumer>>,
 }
 
+/// A request still running after `limit` answers 503 in the project's error format (its
+/// transaction, if any, is dropped and rolls back).
+async fn deadline(
+    limit: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::Timeout(limit.as_millis())),
+    }
+}
+
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let api = Router::new()
         .route("/v1/wallets", post(wallets::create))
@@ -60,10 +71,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            deadline(request_timeout, req, next)
+        }))
         .with_state(state.clone());
     Router::new()
         .route(

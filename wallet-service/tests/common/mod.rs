@@ -30,6 +30,7 @@ pub struct Opts {
     pub reconcile_after_secs: u64,
     /// (per second, burst); (0, 0) disables the limit.
     pub rate_limit: (u32, u32),
+    pub request_timeout: Duration,
 }
 
 impl Default for Opts {
@@ -40,6 +41,7 @@ impl Default for Opts {
             prefix: unique_prefix(),
             reconcile_after_secs: 0,
             rate_limit: (0, 0),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -88,6 +90,7 @@ pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
     cfg.reconcile_after_secs = opts.reconcile_after_secs;
     cfg.rate_limit_per_sec = opts.rate_limit.0;
     cfg.rate_limit_burst = opts.rate_limit.1;
+    cfg.request_timeout = opts.request_timeout;
     let (trigger, shutdown) = shared::shutdown::channel();
     let metrics = shared::telemetry::install_metrics();
     let running = wallet_service::app::start_with_pool(cfg, pool.clone(), metrics, shutdown)
