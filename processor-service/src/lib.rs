@@ -21,7 +21,6 @@ use rdkafka::producer::Producer;
 use shared::shutdown::Shutdown;
 use shared::telemetry::{readiness, Check, PrometheusHandle};
 use shared::topology::{AmqpTopology, KafkaTopics};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,16 +60,7 @@ async fn readyz(State(r): State<Ready>) -> Response {
     readiness(checks)
 }
 
-pub struct Running {
-    pub addr: SocketAddr,
-    tasks: JoinSet<()>,
-}
-
-impl Running {
-    pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
+pub use shared::shutdown::Running;
 
 pub async fn start(
     cfg: Config,
@@ -167,5 +157,5 @@ pub async fn start(
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
     });
     tracing::info!(%addr, "processor-service listening");
-    Ok(Running { addr, tasks })
+    Ok(Running::new(addr, tasks))
 }

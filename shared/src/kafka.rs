@@ -1,25 +1,62 @@
 //! Kafka clients configured for the pipeline's guarantees.
 
 use crate::topology::kafka_config;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
 
-/// An idempotent producer that waits for all in-sync replicas: a delivered message is on
-/// disk and retries never duplicate it within a producer session.
+/// A producer that waits for all in-sync replicas (`acks=all`), idempotent unless
+/// `KAFKA_IDEMPOTENCE=false`: with it, broker-side retries never duplicate a message.
+///
+/// Correctness does not rest on it (consumers dedupe by event id and the wallet moves a
+/// payment out of `pending` once), which is why it can be turned off for brokers whose
+/// idempotent-producer support is broken: Tansu 0.6.0 panics in its idempotency check
+/// ("more or less than one row", storage/src/lite.rs:503) after producers restart, and then
+/// refuses every request until it is restarted. `scripts/up` turns it off for Tansu only.
 pub fn producer(brokers: &str) -> KafkaResult<FutureProducer> {
+    let idempotent = std::env::var("KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false");
     kafka_config(brokers)
-        .set("enable.idempotence", "true")
+        .set(
+            "enable.idempotence",
+            if idempotent { "true" } else { "false" },
+        )
         .set("acks", "all")
         .set("linger.ms", "1")
         .set("message.timeout.ms", "10000")
         .create()
 }
 
+/// Exports the consumer lag librdkafka reports in its statistics, per topic and partition.
+pub struct LagContext;
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 means unknown (no committed offset yet or not assigned here).
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("kafka_consumer_lag_messages", "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+pub type Consumer = StreamConsumer<LagContext>;
+
 /// A consumer in `group` that never commits by itself: offsets are committed only after the
 /// effect of a message is durable.
-pub fn consumer(brokers: &str, group: &str) -> KafkaResult<StreamConsumer> {
+pub fn consumer(brokers: &str, group: &str) -> KafkaResult<Consumer> {
+    metrics::describe_gauge!(
+        "kafka_consumer_lag_messages",
+        "Messages between the consumer group's position and the end of each partition."
+    );
     kafka_config(brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -29,7 +66,8 @@ pub fn consumer(brokers: &str, group: &str) -> KafkaResult<StreamConsumer> {
         .set("fetch.wait.max.ms", "10")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
-        .create()
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(LagContext)
 }
 
 /// A string header of a Kafka message.

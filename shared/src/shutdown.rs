@@ -64,3 +64,21 @@ pub fn on_signal() -> Shutdown {
     });
     shutdown
 }
+
+/// A started service: the address it listens on and its tasks, which finish once shutdown
+/// was triggered and their in-flight work drained.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    pub fn new(addr: std::net::SocketAddr, tasks: tokio::task::JoinSet<()>) -> Self {
+        Self { addr, tasks }
+    }
+
+    /// Waits for every task to drain (call after triggering shutdown).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

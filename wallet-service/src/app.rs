@@ -11,7 +11,6 @@ use shared::shutdown::Shutdown;
 use shared::topology::{AmqpTopology, KafkaTopics};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,18 +78,7 @@ pub fn describe_metrics() {
     }
 }
 
-/// A running service: its address and the tasks to wait for after shutdown.
-pub struct Running {
-    pub addr: SocketAddr,
-    tasks: JoinSet<()>,
-}
-
-impl Running {
-    /// Waits for every task to drain (call after triggering shutdown).
-    pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
+pub use shared::shutdown::Running;
 
 pub async fn start(
     cfg: ServeConfig,
@@ -157,38 +145,46 @@ pub async fn start_with_pool(
     if cfg.run_finalizer {
         let topics = KafkaTopics::with_prefix(&prefix);
         let brokers = cfg.brokers.kafka_brokers.clone();
-        // Topic creation needs the broker; keep trying in the background so the API
-        // comes up (and reports Kafka as down) even while Kafka is away.
-        let consumer = Arc::new(shared::kafka::consumer(&brokers, &cfg.consumer_group)?);
+        let group = cfg.consumer_group.clone();
+        let batch_size = cfg.results_batch_size;
         let producer = shared::kafka::producer(&brokers)?;
-        health.kafka = Some(consumer.clone());
-        let f = Finalizer {
-            pool: pool.clone(),
-            consumer: consumer.clone(),
-            producer,
-            topics: topics.clone(),
-            batch_size: cfg.results_batch_size,
-        };
+        health.kafka = Some(producer.clone());
+        let pool = pool.clone();
         let mut sd = shutdown.clone();
         tasks.spawn(async move {
-            loop {
-                match topics.create(&brokers).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot create Kafka topics yet; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = sd.wait() => return,
-                        }
-                    }
+            // Topic creation needs the broker; keep trying in the background so the API
+            // comes up (and reports Kafka as down) even while Kafka is away.
+            while let Err(e) = topics.create(&brokers).await {
+                tracing::warn!(error = %e, "cannot create Kafka topics yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = sd.wait() => return,
                 }
             }
-            if let Err(e) = consumer.subscribe(&[&topics.results]) {
-                tracing::error!(error = %e, "cannot subscribe to the results topic");
-                return;
+            loop {
+                let consumer = match shared::kafka::consumer(&brokers, &group) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot create the Kafka consumer");
+                        return;
+                    }
+                };
+                if let Err(e) = consumer.subscribe(&[&topics.results]) {
+                    tracing::error!(error = %e, "cannot subscribe to the results topic");
+                    return;
+                }
+                tracing::info!(topic = %topics.results, "result consumer subscribed");
+                let f = Finalizer {
+                    pool: pool.clone(),
+                    consumer,
+                    producer: producer.clone(),
+                    topics: topics.clone(),
+                    batch_size,
+                };
+                if f.run(sd.clone()).await == finalizer::Stopped::Shutdown {
+                    return;
+                }
             }
-            tracing::info!(topic = %topics.results, "result consumer subscribed");
-            f.run(sd).await;
         });
     }
 
@@ -219,5 +215,5 @@ pub async fn start_with_pool(
         tracing::info!("HTTP server drained");
     });
     tracing::info!(%addr, "wallet-service listening");
-    Ok(Running { addr, tasks })
+    Ok(Running::new(addr, tasks))
 }

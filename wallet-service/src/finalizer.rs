@@ -7,7 +7,7 @@
 //! before its offset is committed, so it never blocks the partition.
 
 use crate::store::payments::{self, Applied};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -17,12 +17,11 @@ use shared::shutdown::Shutdown;
 use shared::topology::KafkaTopics;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Finalizer {
     pub pool: PgPool,
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: shared::kafka::Consumer,
     pub producer: FutureProducer,
     pub topics: KafkaTopics,
     pub batch_size: usize,
@@ -57,6 +56,18 @@ pub fn describe_metrics() {
     );
 }
 
+/// Why [`Finalizer::run`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Shutdown,
+    /// The consumer kept failing; the caller should build a fresh one. librdkafka can stay
+    /// stuck in "all brokers down" after a broker restart even once the broker is back.
+    Unhealthy,
+}
+
+/// Consecutive consumer errors for this long mean the consumer is stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(15);
+
 /// What to do with one message of a batch.
 enum Decoded {
     Result(PaymentResult),
@@ -64,16 +75,25 @@ enum Decoded {
 }
 
 impl Finalizer {
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub async fn run(self, mut shutdown: Shutdown) -> Stopped {
         let db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = shutdown.wait() => break,
             };
             let first = match first {
-                Ok(m) => m.detach(),
+                Ok(m) => {
+                    failing_since = None;
+                    m.detach()
+                }
                 Err(e) => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > STUCK_AFTER {
+                        tracing::warn!(error = %e, "the Kafka consumer has failed for {STUCK_AFTER:?}; recreating it");
+                        return Stopped::Unhealthy;
+                    }
                     tracing::warn!(error = %e, "reading payment results from Kafka failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
@@ -102,7 +122,7 @@ impl Finalizer {
                             _ = tokio::time::sleep(delay) => {}
                             _ = shutdown.wait() => {
                                 tracing::info!("result consumer stopped");
-                                return;
+                                return Stopped::Shutdown;
                             }
                         }
                     }
@@ -110,6 +130,7 @@ impl Finalizer {
             }
         }
         tracing::info!("result consumer stopped");
+        Stopped::Shutdown
     }
 
     async fn apply_batch(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use common::*;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
@@ -33,7 +33,10 @@ async fn gateway(latency_ms: u64) -> mock_gateway::Running {
         "42",
     ]);
     // Its own, in-memory record: not the running system's data file from .run/env.
-    let cfg = mock_gateway::Config { data_file: None, ..cfg };
+    let cfg = mock_gateway::Config {
+        data_file: None,
+        ..cfg
+    };
     mock_gateway::spawn(cfg).await.expect("gateway starts")
 }
 
@@ -306,7 +309,7 @@ async fn duplicate_conflicting_and_poison_results_change_nothing(pool: PgPool) {
     assert_money_conserved(&pool).await;
 
     // The three unprocessable messages are on the dead-letter topic.
-    let dlq: StreamConsumer =
+    let dlq: shared::kafka::Consumer =
         shared::kafka::consumer(&kafka_brokers(), &format!("{}dlq-reader", app.prefix)).unwrap();
     dlq.subscribe(&[&topics.results_dlq]).unwrap();
     let mut reasons = Vec::new();

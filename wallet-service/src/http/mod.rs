@@ -13,7 +13,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
-use rdkafka::consumer::StreamConsumer;
 use shared::telemetry::PrometheusHandle;
 use sqlx::PgPool;
 use std::sync::atomic::AtomicBool;
@@ -39,8 +38,8 @@ pub struct AppState {
 pub struct Health {
     /// The dispatcher is connected to RabbitMQ (absent when it runs elsewhere).
     pub amqp: Option<Arc<AtomicBool>>,
-    /// The result consumer's Kafka client (absent when it runs elsewhere).
-    pub kafka: Option<Arc<StreamConsumer>>,
+    /// A Kafka client of the result consumer's side (absent when it runs elsewhere).
+    pub kafka: Option<rdkafka::producer::FutureProducer>,
 }
 
 /// A request still running after `limit` answers 503 in the project's error format (its

@@ -4,7 +4,7 @@ use super::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use rdkafka::consumer::Consumer;
+use rdkafka::producer::Producer;
 use shared::telemetry::{readiness, Check};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,9 +28,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             Check::down("rabbitmq", "outbox dispatcher not connected")
         });
     }
-    if let Some(consumer) = state.health.kafka.clone() {
+    if let Some(producer) = state.health.kafka.clone() {
         let probe = tokio::task::spawn_blocking(move || {
-            consumer
+            producer
+                .client()
                 .fetch_metadata(None, Duration::from_secs(1))
                 .map(|_| ())
                 .map_err(|e| e.to_string())
