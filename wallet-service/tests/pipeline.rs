@@ -582,6 +582,9 @@ async fn the_reconciler_redrives_a_lost_request_and_it_is_charged_once(pool: PgP
         .await
         .unwrap();
     let channel = conn.create_channel().await.unwrap();
+    // Declared here too (idempotent), so the passive look-ups below never hit a missing
+    // queue, which would close the channel.
+    topology.declare(&channel).await.unwrap();
     eventually("request published", DEADLINE, || async {
         let q = channel
             .queue_declare(
