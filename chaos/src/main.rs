@@ -360,15 +360,16 @@ async fn duplicate_results(args: &Args, pool: &PgPool, load: &Load) -> anyhow::R
     let topic = shared::topology::KafkaTopics::default().results;
     for (id, status) in &finals {
         let pid = PaymentId(*id);
-        let same = if status == "succeeded" {
+        let succeeded = |note: &str| {
             PaymentResult::new(
                 EventId::new(),
                 pid,
                 ResultOutcome::Succeeded,
                 None,
-                Some("dup".into()),
+                Some(note.into()),
             )
-        } else {
+        };
+        let declined = || {
             PaymentResult::new(
                 EventId::new(),
                 pid,
@@ -377,22 +378,10 @@ async fn duplicate_results(args: &Args, pool: &PgPool, load: &Load) -> anyhow::R
                 None,
             )
         };
-        let opposite = if status == "succeeded" {
-            PaymentResult::new(
-                EventId::new(),
-                pid,
-                ResultOutcome::Failed,
-                Some(FailureReason::Declined),
-                None,
-            )
+        let (same, opposite) = if status == "succeeded" {
+            (succeeded("dup"), declined())
         } else {
-            PaymentResult::new(
-                EventId::new(),
-                pid,
-                ResultOutcome::Succeeded,
-                None,
-                Some("late".into()),
-            )
+            (declined(), succeeded("late"))
         };
         for r in [&same, &same, &opposite] {
             let payload = serde_json::to_vec(r)?;

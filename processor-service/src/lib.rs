@@ -112,19 +112,9 @@ pub async fn start(
     let mut sd = shutdown.clone();
     tasks.spawn(async move {
         // Results need their topic; create it before consuming requests.
-        loop {
-            match topics.create(&brokers).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create Kafka topics yet; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = sd.wait() => return,
-                    }
-                }
-            }
+        if topics.create_when_ready(&brokers, &mut sd).await {
+            processor.run(sd).await;
         }
-        processor.run(sd).await;
     });
 
     let ready = Ready {

@@ -177,6 +177,27 @@ impl KafkaTopics {
     }
 }
 
+impl KafkaTopics {
+    /// Creates the topics, retrying every second while the broker is away, so a service can
+    /// start before Kafka. Returns false when shutdown came first.
+    pub async fn create_when_ready(
+        &self,
+        brokers: &str,
+        shutdown: &mut crate::shutdown::Shutdown,
+    ) -> bool {
+        loop {
+            match self.create(brokers).await {
+                Ok(()) => return true,
+                Err(e) => tracing::warn!(error = %e, "cannot create Kafka topics yet; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = shutdown.wait() => return false,
+            }
+        }
+    }
+}
+
 /// The client settings every Kafka client here starts from.
 pub fn kafka_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();

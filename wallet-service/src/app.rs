@@ -154,12 +154,8 @@ pub async fn start_with_pool(
         tasks.spawn(async move {
             // Topic creation needs the broker; keep trying in the background so the API
             // comes up (and reports Kafka as down) even while Kafka is away.
-            while let Err(e) = topics.create(&brokers).await {
-                tracing::warn!(error = %e, "cannot create Kafka topics yet; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = sd.wait() => return,
-                }
+            if !topics.create_when_ready(&brokers, &mut sd).await {
+                return;
             }
             loop {
                 let consumer = match shared::kafka::consumer(&brokers, &group) {

@@ -12,7 +12,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use shared::backoff::Backoff;
-use shared::events::{decode_result, PaymentResult};
+use shared::events::decode_result;
 use shared::shutdown::Shutdown;
 use shared::topology::KafkaTopics;
 use sqlx::PgPool;
@@ -67,12 +67,6 @@ pub enum Stopped {
 
 /// Consecutive consumer errors for this long mean the consumer is stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(15);
-
-/// What to do with one message of a batch.
-enum Decoded {
-    Result(PaymentResult),
-    Poison(&'static str, String),
-}
 
 impl Finalizer {
     pub async fn run(self, mut shutdown: Shutdown) -> Stopped {
@@ -136,12 +130,9 @@ impl Finalizer {
     async fn apply_batch(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
         let start = std::time::Instant::now();
         metrics::counter!("results_consumed_total").increment(batch.len() as u64);
-        let decoded: Vec<Decoded> = batch
+        let decoded: Vec<_> = batch
             .iter()
-            .map(|m| match decode_result(m.payload().unwrap_or_default()) {
-                Ok(r) => Decoded::Result(r),
-                Err(p) => Decoded::Poison(p.label(), p.to_string()),
-            })
+            .map(|m| decode_result(m.payload().unwrap_or_default()))
             .collect();
 
         let mut tx = self.pool.begin().await?;
@@ -149,8 +140,8 @@ impl Finalizer {
         let mut dead = Vec::new();
         for (msg, d) in batch.iter().zip(&decoded) {
             match d {
-                Decoded::Poison(label, why) => dead.push((msg, *label, why.clone())),
-                Decoded::Result(r) => {
+                Err(poison) => dead.push((msg, poison.label(), poison.to_string())),
+                Ok(r) => {
                     let applied = payments::finalize(
                         &mut tx,
                         r.event_id,

@@ -16,13 +16,13 @@ pub const RETENTION_HOURS: i64 = 24;
 /// A stable hash of what makes two requests "the same": method, path and the body with
 /// object keys sorted (serde_json's map is ordered), so formatting and key order do not
 /// matter.
-pub fn fingerprint(method: &str, path: &str, body: &Value) -> String {
+pub fn fingerprint(method: &str, path: &str, body: &impl serde::Serialize) -> String {
     let mut hasher = Sha256::new();
     hasher.update(method.as_bytes());
     hasher.update(b"\n");
     hasher.update(path.as_bytes());
     hasher.update(b"\n");
-    hasher.update(body.to_string().as_bytes());
+    hasher.update(serde_json::to_vec(body).expect("a JSON value serializes"));
     hasher
         .finalize()
         .iter()

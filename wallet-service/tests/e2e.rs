@@ -4,6 +4,8 @@
 //!
 //! Needs `WALLET_URL`, `GATEWAY_URL`, `DATABASE_URL` and `AUTH_JWT_SECRET` from `.run/env`.
 
+mod common;
+
 use futures_util::stream::{self, StreamExt};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -190,23 +192,21 @@ async fn many_payments_through_all_processes_conserve_money() {
 
     // Wait for every accepted payment to be final.
     let start = Instant::now();
-    loop {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM payments WHERE id = ANY($1) AND status = 'pending'",
-        )
-        .bind(&ids)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if pending == 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{pending} payments still pending after 120s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        "every accepted payment final",
+        Duration::from_secs(120),
+        || async {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM payments WHERE id = ANY($1) AND status = 'pending'",
+            )
+            .bind(&ids)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (pending == 0).then_some(())
+        },
+    )
+    .await;
     eprintln!(
         "all {} payments final {:?} after the last was accepted",
         ids.len(),

@@ -144,12 +144,7 @@ async fn payments_flow_from_api_to_finalized_balances(pool: PgPool) {
     .await;
 
     for (id, merchant) in &ids {
-        let p: Value = app
-            .get(&format!("/v1/payments/{id}"), &token("alice"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let p = app.payment("alice", &id.to_string()).await;
         let (status, reason) = match *merchant {
             "test_decline" => ("failed", json!("declined")),
             "test_unavailable" => ("failed", json!("gateway_unavailable")),
@@ -278,22 +273,12 @@ async fn duplicate_conflicting_and_poison_results_change_nothing(pool: PgPool) {
     send(serde_json::to_vec(&sentinel_result).unwrap()).await;
 
     // The sentinel is last in the partition: once it is applied, everything before it was.
-    eventually("sentinel applied", DEADLINE, || async {
-        let p: Value = app
-            .get(&format!("/v1/payments/{sentinel_id}"), &token("alice"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        (p["status"] == "failed").then_some(())
-    })
-    .await;
-    let p: Value = app
-        .get(&format!("/v1/payments/{pid}"), &token("alice"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(
+        app.final_status("alice", &sentinel_id.to_string(), DEADLINE)
+            .await,
+        "failed"
+    );
+    let p = app.payment("alice", &pid.to_string()).await;
     assert_eq!(p["status"], "succeeded");
     assert_eq!(
         app.balance("alice", &wallet).await,
@@ -474,16 +459,10 @@ async fn poison_requests_are_dead_lettered_without_blocking_the_queue(pool: PgPo
         .await
         .unwrap();
     let id = p["id"].as_str().unwrap().to_owned();
-    eventually("payment finalized", DEADLINE, || async {
-        let p: Value = app
-            .get(&format!("/v1/payments/{id}"), &token("alice"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        (p["status"] == "succeeded").then_some(())
-    })
-    .await;
+    assert_eq!(
+        app.final_status("alice", &id.to_string(), DEADLINE).await,
+        "succeeded"
+    );
     let dead = eventually("3 dead letters", DEADLINE, || async {
         let q = channel
             .queue_declare(
@@ -531,16 +510,7 @@ async fn a_gateway_slower_than_the_timeout_never_gets_funds_released(pool: PgPoo
         .await
         .unwrap();
     let id = p["id"].as_str().unwrap().to_owned();
-    let final_status = eventually("payment final", DEADLINE, || async {
-        let p: Value = app
-            .get(&format!("/v1/payments/{id}"), &token("alice"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        (p["status"] != "pending").then(|| p["status"].as_str().unwrap().to_owned())
-    })
-    .await;
+    let final_status = app.final_status("alice", &id, DEADLINE).await;
     assert_eq!(
         final_status, "succeeded",
         "a charge that happened must never end failed"
@@ -607,16 +577,10 @@ async fn the_reconciler_redrives_a_lost_request_and_it_is_charged_once(pool: PgP
 
     // Past the deadline the reconciler sends it again; now a processor is there.
     let proc = processor(&app.prefix, &gw.url("")).await;
-    eventually("payment finalized after re-drive", DEADLINE, || async {
-        let p: Value = app
-            .get(&format!("/v1/payments/{id}"), &token("alice"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        (p["status"] == "succeeded").then_some(())
-    })
-    .await;
+    assert_eq!(
+        app.final_status("alice", &id.to_string(), DEADLINE).await,
+        "succeeded"
+    );
     let redrives: i32 =
         sqlx::query_scalar("SELECT redrive_count FROM payments WHERE id = $1::uuid")
             .bind(&id)

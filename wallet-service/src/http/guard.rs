@@ -32,7 +32,7 @@ impl Guard {
         let Some(key) = key else {
             return Ok(Started::Fresh(Guard { tx, key: None }));
         };
-        let fingerprint = idempotency::fingerprint(method, path, &Value::Object(body.clone()));
+        let fingerprint = idempotency::fingerprint(method, path, body);
         match idempotency::begin(&mut tx, principal, key, &fingerprint).await? {
             Begin::Proceed => Ok(Started::Fresh(Guard {
                 tx,

@@ -193,6 +193,24 @@ impl TestApp {
         )
     }
 
+    /// `GET /v1/payments/{id}` as `owner`.
+    pub async fn payment(&self, owner: &str, id: &str) -> Value {
+        self.get(&format!("/v1/payments/{id}"), &token(owner))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the payment leaves `pending`; returns its final status.
+    pub async fn final_status(&self, owner: &str, id: &str, deadline: Duration) -> String {
+        eventually(&format!("payment {id} final"), deadline, || async {
+            let p = self.payment(owner, id).await;
+            (p["status"] != "pending").then(|| p["status"].as_str().unwrap_or_default().to_owned())
+        })
+        .await
+    }
+
     pub async fn pay(&self, owner: &str, wallet: &str, amount: i64, merchant: &str) -> Response {
         let key = uuid::Uuid::new_v4().to_string();
         self.post(
@@ -205,14 +223,16 @@ impl TestApp {
     }
 }
 
-/// Polls `check` until it returns Some or the deadline passes.
+/// Polls `check` every 50 ms until it returns Some or the deadline passes.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
+        tick.tick().await;
         if let Some(v) = check().await {
             return v;
         }
@@ -220,7 +240,6 @@ where
             start.elapsed() < deadline,
             "timed out after {deadline:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
