@@ -104,10 +104,12 @@ impl Load {
                         500 => self.bump(|s| s.internal_errors += 1),
                         502..=504 => self.bump(|s| s.unavailable += 1),
                         409 | 429 => {}
-                        _ => {
-                            let body = r.json().await.unwrap_or(Value::Null);
-                            return Ok((status, body));
-                        }
+                        // A body cut off (the service killed mid-response) is no answer:
+                        // ask again, as a client would.
+                        _ => match r.json().await {
+                            Ok(body) => return Ok((status, body)),
+                            Err(_) => self.bump(|s| s.unavailable += 1),
+                        },
                     }
                 }
                 Err(_) => self.bump(|s| s.unavailable += 1),

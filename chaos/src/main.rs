@@ -103,6 +103,17 @@ async fn main() -> anyhow::Result<()> {
     let pool = PgPool::connect(&args.database_url)
         .await
         .context("connecting to PostgreSQL")?;
+    // Crashing PostgreSQL is one of the faults: with synchronous_commit off it forgets
+    // transactions it already acknowledged, and the suite would blame the system for it.
+    let (sync_commit,): (String,) = sqlx::query_as("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await?;
+    if sync_commit == "off" {
+        anyhow::bail!(
+            "PostgreSQL runs with synchronous_commit=off, so a crash loses acknowledged commits; \
+             restart it durable (scripts/down && scripts/up) before running the fault suite"
+        );
+    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
@@ -228,13 +239,17 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
     let dlq_after = dead_letters(&http, &args).await?;
-    let dead = (dlq_after.0 - dlq_before.0, dlq_after.1 - dlq_before.1);
+    let rabbit_dead = dlq_after.0 - dlq_before.0;
+    // Dead-lettering is at-least-once (a crash between producing the dead letter and
+    // committing the offset sends it again), so count the distinct source messages.
+    let (kafka_dead, kafka_copies) =
+        kafka_dead_letter_sources(&args.kafka_brokers, dlq_before.1, dlq_after.1).await?;
     report.check(
         "messages dead-lettered = poison injected",
-        dead.0 == injected_poison.0 as i64 && dead.1 == injected_poison.1 as i64,
+        rabbit_dead == injected_poison.0 as i64 && kafka_dead as u64 == injected_poison.1,
         format!(
-            "RabbitMQ {}/{} , Kafka {}/{} (dead-lettered/injected)",
-            dead.0, injected_poison.0, dead.1, injected_poison.1
+            "RabbitMQ {rabbit_dead}/{} , Kafka {kafka_dead}/{} (dead-lettered/injected; {kafka_copies} Kafka copies)",
+            injected_poison.0, injected_poison.1
         ),
     );
 
@@ -476,15 +491,73 @@ async fn dead_letters(http: &reqwest::Client, args: &Args) -> anyhow::Result<(i6
         let consumer: BaseConsumer = shared::topology::kafka_config(&brokers)
             .set("group.id", "chaos-watermarks")
             .create()?;
-        let (low, high) = consumer.fetch_watermarks(
+        let (_, high) = consumer.fetch_watermarks(
             &shared::topology::KafkaTopics::default().results_dlq,
             0,
             Duration::from_secs(10),
         )?;
-        Ok(high - low)
+        Ok(high)
     })
     .await??;
     Ok((rabbit, kafka))
+}
+
+/// Reads the Kafka dead-letter topic from offset `from` up to `to` and returns how many
+/// distinct source messages (by their `source_*` headers) it holds, and how many copies.
+async fn kafka_dead_letter_sources(
+    brokers: &str,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<(usize, usize)> {
+    use rdkafka::message::{Headers, Message};
+    if to <= from {
+        return Ok((0, 0));
+    }
+    let brokers = brokers.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
+        let consumer: BaseConsumer = shared::topology::kafka_config(&brokers)
+            .set("group.id", "chaos-dead-letters")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &shared::topology::KafkaTopics::default().results_dlq,
+            0,
+            rdkafka::Offset::Offset(from),
+        )?;
+        consumer.assign(&tpl)?;
+        let mut sources = std::collections::BTreeSet::new();
+        let mut copies = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while copies < (to - from) as usize {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "read {copies} of {} dead letters within 30 s",
+                to - from
+            );
+            let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let m = m?;
+            if m.offset() >= to {
+                break;
+            }
+            copies += 1;
+            let mut source = Vec::new();
+            if let Some(h) = m.headers() {
+                for header in h.iter() {
+                    if header.key.starts_with("source_") {
+                        source.push(
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+            }
+            sources.insert(source);
+        }
+        Ok((sources.len(), copies))
+    })
+    .await?
 }
 
 struct Terminal {

@@ -195,10 +195,15 @@ impl Finalizer {
 
     async fn dead_letter(&self, msg: &OwnedMessage, label: &str, why: &str) -> anyhow::Result<()> {
         let key = msg.key().unwrap_or_default();
+        // The source coordinates identify a dead letter: a crash after producing it but
+        // before committing the offset produces it again, and readers dedupe on them.
+        let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
         let headers = shared::kafka::headers([
             ("dlq_reason", label),
             ("dlq_detail", why),
             ("source_topic", msg.topic()),
+            ("source_partition", &partition),
+            ("source_offset", &offset),
         ]);
         let record = FutureRecord::to(&self.topics.results_dlq)
             .key(key)
