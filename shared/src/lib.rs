@@ -4,7 +4,8 @@
 //! [`money`] (`Amount`, `Currency`), [`ids`] (`WalletId`, `PaymentId`, `EventId`) and
 //! [`status`] (`PaymentStatus`, `Outcome`). [`events`] holds the two wire messages of the
 //! pipeline (`payment.requested` on RabbitMQ, `payment.result` on Kafka) and the rules for
-//! rejecting ones we cannot process. [`topology`] names and declares the broker objects;
+//! rejecting ones we cannot process; [`notifications`] the events other systems consume
+//! (`payment.finalized`, `wallet.deposited`, `payment.alert`). [`topology`] names and declares the broker objects;
 //! [`backoff`] is the retry schedule; [`telemetry`] sets up logs and Prometheus metrics;
 //! [`shutdown`] is the SIGTERM signal every worker listens to.
 
@@ -13,6 +14,7 @@ pub mod events;
 pub mod ids;
 pub mod kafka;
 pub mod money;
+pub mod notifications;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

@@ -141,6 +141,10 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Field
 pub struct KafkaTopics {
     pub results: String,
     pub results_dlq: String,
+    /// `payment.finalized` and `wallet.deposited` for other systems (key = wallet id).
+    pub events: String,
+    /// `payment.alert` for large payments (key = wallet id).
+    pub alerts: String,
     pub partitions: i32,
 }
 
@@ -155,6 +159,8 @@ impl KafkaTopics {
         Self {
             results: format!("{prefix}payment.results"),
             results_dlq: format!("{prefix}payment.results.dlq"),
+            events: format!("{prefix}payment.events"),
+            alerts: format!("{prefix}payment.alerts"),
             partitions: 3,
         }
     }
@@ -165,6 +171,8 @@ impl KafkaTopics {
         let topics = [
             NewTopic::new(&self.results, self.partitions, TopicReplication::Fixed(1)),
             NewTopic::new(&self.results_dlq, 1, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.events, self.partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&self.alerts, self.partitions, TopicReplication::Fixed(1)),
         ];
         let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
         for result in admin.create_topics(&topics, &opts).await? {

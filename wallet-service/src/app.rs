@@ -1,10 +1,11 @@
-//! Starting and stopping the whole service: pool, HTTP server, dispatcher and consumer.
+//! Starting and stopping the whole service: pool, HTTP server, outbox relays and consumer.
 
 use crate::auth::Verifier;
 use crate::config::{DbConfig, ServeConfig};
 use crate::finalizer::{self, Finalizer};
 use crate::http::{self, AppState, Health};
 use crate::outbox::dispatcher::{self, Dispatcher};
+use crate::outbox::relay::{self, EventRelay};
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
 use shared::shutdown::Shutdown;
@@ -41,6 +42,7 @@ pub fn describe_metrics() {
         "Payment requests answered from a stored idempotent response."
     );
     dispatcher::describe_metrics();
+    relay::describe_metrics();
     finalizer::describe_metrics();
     crate::reconciler::describe_metrics();
     // Series exist from the start (at 0), so rate() and alerts see their first increment.
@@ -52,6 +54,10 @@ pub fn describe_metrics() {
         "unknown_payment",
     ] {
         metrics::counter!("results_dead_lettered_total", "reason" => reason).increment(0);
+    }
+    let topics = KafkaTopics::default();
+    for topic in [topics.events, topics.alerts] {
+        metrics::counter!("events_published_total", "topic" => topic).increment(0);
     }
     for kind in ["event", "payment_final"] {
         metrics::counter!("results_duplicates_total", "kind" => kind).increment(0);
@@ -71,6 +77,7 @@ pub fn describe_metrics() {
         "idempotent_replays_total",
         "outbox_published_total",
         "outbox_publish_failures_total",
+        "events_publish_failures_total",
         "payments_redriven_total",
         "results_consumed_total",
     ] {
@@ -126,6 +133,14 @@ pub async fn start_with_pool(
             connected,
         };
         tasks.spawn(d.run(shutdown.clone()));
+        let relay = EventRelay {
+            pool: pool.clone(),
+            producer: shared::kafka::producer(&cfg.brokers.kafka_brokers)?,
+            brokers: cfg.brokers.kafka_brokers.clone(),
+            topics: KafkaTopics::with_prefix(&prefix),
+            config: cfg.dispatcher.clone(),
+        };
+        tasks.spawn(relay.run(shutdown.clone()));
         tasks.spawn(dispatcher::maintain(
             pool.clone(),
             cfg.dispatcher.outbox_retention_secs,
@@ -189,6 +204,7 @@ pub async fn start_with_pool(
         verifier: Verifier::new(cfg.jwt_secret.expose()),
         metrics,
         health,
+        alerts: Arc::new(cfg.alert_thresholds.clone()),
         limiter: (cfg.rate_limit_per_sec > 0).then(|| {
             Arc::new(crate::http::rate_limit::RateLimiter::new(
                 cfg.rate_limit_per_sec,

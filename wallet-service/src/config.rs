@@ -104,6 +104,10 @@ pub struct ServeConfig {
     /// Re-drive payments still pending after this many seconds (0 disables the reconciler).
     #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 60)]
     pub reconcile_after_secs: u64,
+    /// Large-payment alert thresholds in minor units, `CUR=AMOUNT` pairs, `*` for every
+    /// other currency (e.g. `EUR=500000,*=1000000`); empty disables alerts.
+    #[arg(long, env = "ALERT_THRESHOLDS", default_value = "*=1000000", value_parser = crate::alerts::AlertThresholds::parse)]
+    pub alert_thresholds: crate::alerts::AlertThresholds,
     /// Run the result consumer inside this process.
     #[arg(long, env = "RUN_FINALIZER", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_finalizer: bool,

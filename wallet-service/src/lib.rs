@@ -10,12 +10,14 @@
 //!
 //! [`app`] wires these together for `wallet-service serve` and for the integration tests.
 
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod finalizer;
 pub mod http;
 pub mod idempotency;
+pub mod import;
 pub mod outbox;
 pub mod reconciler;
 pub mod store;

@@ -1,4 +1,4 @@
-//! The `wallet-service` binary: `serve` (default), `migrate`, `dispatch`, `token`.
+//! The `wallet-service` binary: `serve`, `migrate`, `dispatch`, `import`, `token`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,7 +21,7 @@ enum Command {
     Serve(Box<ServeConfig>),
     /// Apply database migrations and exit.
     Migrate(DbConfig),
-    /// Run only the outbox dispatcher (to scale it apart from the API).
+    /// Run only the outbox relays: payment requests to RabbitMQ, events to Kafka.
     Dispatch {
         #[command(flatten)]
         db: DbConfig,
@@ -29,6 +29,16 @@ enum Command {
         brokers: BrokerConfig,
         #[command(flatten)]
         dispatcher: DispatcherConfig,
+    },
+    /// Create wallets and deposits from a JSON Lines file (idempotent: re-running the same
+    /// file changes nothing). One record per line:
+    /// {"type":"wallet","id":UUID,"owner_id":"alice","currency":"EUR"} or
+    /// {"type":"deposit","id":UUID,"wallet_id":UUID,"amount":10000,"currency":"EUR","reference":"..."}
+    Import {
+        /// The JSON Lines file.
+        file: String,
+        #[command(flatten)]
+        db: DbConfig,
     },
     /// Print a signed bearer token for local use.
     Token {
@@ -62,6 +72,24 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Import { file, db } => {
+            let pool = wallet_service::app::connect_db(&db).await?;
+            wallet_service::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
+            let start = std::time::Instant::now();
+            let s = wallet_service::import::run(&pool, &file).await?;
+            eprintln!(
+                "[import] {file}: {} wallets created, {} already present; {} deposits credited, {} already present ({:.1} s)",
+                s.wallets_created,
+                s.wallets_present,
+                s.deposits_credited,
+                s.deposits_present,
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Migrate(db) => {
             shared::telemetry::init_tracing("wallet-service");
             let pool = wallet_service::app::connect_db(&db).await?;
@@ -81,6 +109,13 @@ async fn main() -> anyhow::Result<()> {
             let _metrics = shared::telemetry::install_metrics();
             let pool = wallet_service::app::connect_db(&db).await?;
             let shutdown = shared::shutdown::on_signal();
+            let relay = wallet_service::outbox::relay::EventRelay {
+                pool: pool.clone(),
+                producer: shared::kafka::producer(&brokers.kafka_brokers)?,
+                brokers: brokers.kafka_brokers.clone(),
+                topics: shared::topology::KafkaTopics::with_prefix(&brokers.broker_prefix),
+                config: dispatcher.clone(),
+            };
             let d = wallet_service::outbox::dispatcher::Dispatcher {
                 pool,
                 amqp_url: brokers.amqp_url,
@@ -88,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 config: dispatcher,
                 connected: Default::default(),
             };
-            d.run(shutdown).await;
+            tokio::join!(d.run(shutdown.clone()), relay.run(shutdown));
             Ok(())
         }
         Command::Serve(cfg) => {

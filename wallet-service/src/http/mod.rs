@@ -29,6 +29,8 @@ pub struct AppState {
     pub verifier: Verifier,
     pub metrics: PrometheusHandle,
     pub health: Health,
+    /// Large-payment alert thresholds.
+    pub alerts: Arc<crate::alerts::AlertThresholds>,
     /// Per-principal limit; `None` when disabled.
     pub limiter: Option<Arc<rate_limit::RateLimiter>>,
 }
@@ -62,6 +64,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/wallets/{id}/balance", get(wallets::balance))
         .route("/v1/wallets/{id}/deposits", post(wallets::deposit))
         .route("/v1/wallets/{id}/transactions", get(wallets::transactions))
+        .route("/v1/wallets/{id}/summary", get(wallets::summary))
         .route("/v1/payments", post(payments::create).get(payments::list))
         .route("/v1/payments/{id}", get(payments::get))
         .route("/healthz", get(shared::telemetry::healthz))

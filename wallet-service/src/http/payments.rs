@@ -6,6 +6,7 @@ use super::guard::{Guard, Started};
 use super::AppState;
 use crate::store::cursor::TimeCursor;
 use crate::store::payments::{self, AcceptOutcome, ListFilter, NewPayment};
+use crate::store::window::Window;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
@@ -28,6 +29,15 @@ pub fn parse_limit(q: &HashMap<String, String>) -> ApiResult<i64> {
                 ApiError::Validation(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))
             }),
     }
+}
+
+/// The `from`/`to` query parameters (RFC 3339, `[from, to)`).
+pub fn parse_window(q: &HashMap<String, String>) -> ApiResult<Window> {
+    Window::parse(
+        q.get("from").map(String::as_str),
+        q.get("to").map(String::as_str),
+    )
+    .map_err(|e| ApiError::Validation(e.to_string()))
 }
 
 pub async fn create(
@@ -56,7 +66,8 @@ pub async fn create(
         let merchant_id = f.text("merchant_id", 1, 64)?;
         let description = f.opt_text("description", 500)?;
         let traceparent = shared::trace::new_traceparent();
-        let new = NewPayment { wallet_id, owner_id: &p.sub, amount, currency, merchant_id, description };
+        let alert_threshold = state.alerts.for_currency(currency);
+        let new = NewPayment { wallet_id, owner_id: &p.sub, amount, currency, merchant_id, description, alert_threshold };
         match payments::accept(guard.conn(), new, p.admin, &traceparent).await? {
             AcceptOutcome::Accepted(payment) => {
                 tracing::info!(payment_id = %payment.id, %wallet_id, amount = %amount, %currency, merchant_id, traceparent, "payment accepted; funds held");
@@ -126,6 +137,7 @@ pub async fn list(
         owner_id: (!p.admin).then(|| p.sub.clone()),
         wallet_id,
         status,
+        window: parse_window(&q)?,
         after,
         limit: limit + 1,
     };

@@ -3,9 +3,11 @@
 use super::error::{json_response, ApiError, ApiResult};
 use super::extract::{Auth, Fields, JsonObject, MaybeIdempotencyKey, PathId};
 use super::guard::{Guard, Started};
+use super::payments::parse_window;
 use super::AppState;
 use crate::auth::Principal;
-use crate::store::{cursor, ledger, wallets};
+use crate::store::ledger::{EntryKind, PageFilter};
+use crate::store::{cursor, ledger, summary, wallets};
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
@@ -108,7 +110,7 @@ pub async fn deposit(
         let amount = f.amount()?;
         let currency = f.currency()?;
         let reference = f.opt_text("reference", 255)?;
-        match wallets::deposit(guard.conn(), wallet_id, amount, currency, reference).await? {
+        match wallets::deposit(guard.conn(), uuid::Uuid::now_v7(), wallet_id, amount, currency, reference).await? {
             wallets::DepositOutcome::Done(d) => {
                 tracing::info!(%wallet_id, deposit_id = %d.id, amount = %amount, %currency, "deposit credited");
                 metrics::counter!("deposits_total").increment(1);
@@ -143,8 +145,23 @@ pub async fn transactions(
                 .ok_or_else(|| ApiError::Validation("`cursor` is not a valid cursor".into()))?,
         ),
     };
+    let kind = q
+        .get("kind")
+        .map(|k| {
+            EntryKind::parse(k).ok_or_else(|| {
+                ApiError::Validation("`kind` must be deposit, hold, capture or release".into())
+            })
+        })
+        .transpose()?;
+    let filter = PageFilter {
+        wallet_id: WalletId(wallet.id),
+        kind,
+        window: parse_window(&q)?,
+        before,
+        limit: limit + 1,
+    };
     let mut conn = state.db.acquire().await?;
-    let mut entries = ledger::page(&mut conn, WalletId(wallet.id), before, limit + 1).await?;
+    let mut entries = ledger::page(&mut conn, &filter).await?;
     let next = (entries.len() as i64 > limit).then(|| {
         entries.truncate(limit as usize);
         cursor::encode_seq(entries.last().expect("limit >= 1").seq)
@@ -152,5 +169,41 @@ pub async fn transactions(
     Ok(json_response(
         StatusCode::OK,
         &json!({ "data": entries, "next_cursor": next }),
+    ))
+}
+
+/// `GET /v1/wallets/{id}/summary?from=&to=`: totals over `[from, to)` from the ledger.
+/// `from` defaults to the wallet's opening, `to` to the time of the request.
+pub async fn summary(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    PathId(id): PathId,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let wallet = visible_wallet(&state, &p, &id).await?;
+    let window = parse_window(&q)?;
+    let from = window.from.unwrap_or(wallet.created_at);
+    let to = window.to.unwrap_or_else(chrono::Utc::now);
+    if from >= to {
+        return Err(ApiError::Validation(
+            "`from` must be earlier than `to`".into(),
+        ));
+    }
+    let mut conn = state.db.acquire().await?;
+    let t = summary::totals(&mut conn, WalletId(wallet.id), from, to).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "wallet_id": wallet.id,
+            "currency": wallet.currency,
+            "from": from,
+            "to": to,
+            "deposits": t.deposits,
+            "captured": t.captured,
+            "released": t.released,
+            "pending": t.pending,
+            "min_payment": t.min_payment,
+            "max_payment": t.max_payment,
+        }),
     ))
 }

@@ -1,4 +1,4 @@
-//! Relays outbox rows to RabbitMQ.
+//! Relays payment requests from the outbox to RabbitMQ.
 //!
 //! A batch is claimed with `FOR UPDATE SKIP LOCKED` (so several dispatchers share the work
 //! without publishing the same row twice), published persistent with publisher confirms, and
@@ -51,11 +51,14 @@ pub fn describe_metrics() {
         metrics::Unit::Seconds,
         "Time to publish and confirm one outbox batch."
     );
-    metrics::describe_gauge!("outbox_backlog", "Outbox events not yet published.");
+    metrics::describe_gauge!(
+        "outbox_backlog",
+        "Outbox events not yet published, by channel (payments, events, alerts)."
+    );
     metrics::describe_gauge!(
         "outbox_oldest_unpublished_age_seconds",
         metrics::Unit::Seconds,
-        "Age of the oldest unpublished outbox event."
+        "Age of the oldest unpublished outbox event, by channel."
     );
 }
 
@@ -166,7 +169,8 @@ impl Dispatcher {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<(Uuid, Uuid, String, serde_json::Value, Option<String>)> = sqlx::query_as(
             "SELECT id, aggregate_id, event_type, payload, traceparent FROM outbox
-             WHERE published_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+             WHERE published_at IS NULL AND channel = 'payments'
+             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.config.outbox_batch_size)
         .fetch_all(&mut *tx)
@@ -252,9 +256,12 @@ pub async fn maintain(pool: PgPool, retention_secs: i64, mut shutdown: Shutdown)
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
-        if let Ok((count, age)) = outbox::backlog(&pool).await {
-            metrics::gauge!("outbox_backlog").set(count as f64);
-            metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(age);
+        if let Ok(channels) = outbox::backlog(&pool).await {
+            for (channel, count, age) in channels {
+                metrics::gauge!("outbox_backlog", "channel" => channel.clone()).set(count as f64);
+                metrics::gauge!("outbox_oldest_unpublished_age_seconds", "channel" => channel)
+                    .set(age);
+            }
         }
         prune_every += 1;
         if prune_every.is_multiple_of(60) {

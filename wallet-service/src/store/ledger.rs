@@ -1,10 +1,11 @@
 //! The append-only ledger: one entry per change of a balance, with the balances after it.
 
+use super::window::Window;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::ids::{PaymentId, WalletId};
 use shared::money::Amount;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -17,6 +18,10 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::try_from(s.to_owned()).ok()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Deposit => "deposit",
@@ -41,6 +46,7 @@ impl TryFrom<String> for EntryKind {
 }
 
 pub struct NewEntry<'a> {
+    pub id: Uuid,
     pub wallet_id: WalletId,
     pub kind: EntryKind,
     pub amount: Amount,
@@ -72,7 +78,7 @@ pub async fn append(conn: &mut PgConnection, e: NewEntry<'_>) -> Result<Entry, s
         "INSERT INTO ledger_entries (id, wallet_id, kind, amount, payment_id, reference, available_after, held_after)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {ENTRY_COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
+    .bind(e.id)
     .bind(e.wallet_id.0)
     .bind(e.kind.as_str())
     .bind(e.amount.minor_units())
@@ -84,21 +90,46 @@ pub async fn append(conn: &mut PgConnection, e: NewEntry<'_>) -> Result<Entry, s
     .await
 }
 
-/// A page of a wallet's entries, newest first, after the `before` sequence number.
-pub async fn page(
-    conn: &mut PgConnection,
-    wallet_id: WalletId,
-    before: Option<i64>,
-    limit: i64,
-) -> Result<Vec<Entry>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM ledger_entries
-         WHERE wallet_id = $1 AND ($2::bigint IS NULL OR seq < $2)
-         ORDER BY seq DESC LIMIT $3"
+pub struct PageFilter {
+    pub wallet_id: WalletId,
+    pub kind: Option<EntryKind>,
+    pub window: Window,
+    /// Only entries before this sequence number (the cursor).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+fn page_query<'a>(head: &str, f: &'a PageFilter) -> QueryBuilder<'a, Postgres> {
+    let mut q = QueryBuilder::new(head);
+    q.push(format_args!(
+        " SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE wallet_id = "
     ))
-    .bind(wallet_id.0)
-    .bind(before)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+    .push_bind(f.wallet_id.0);
+    if let Some(kind) = f.kind {
+        q.push(" AND kind = ").push_bind(kind.as_str());
+    }
+    f.window.push_predicates(&mut q, "created_at");
+    if let Some(before) = f.before {
+        q.push(" AND seq < ").push_bind(before);
+    }
+    q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+    q
+}
+
+/// A page of a wallet's entries, newest first. Keyset pagination on the sequence number,
+/// so entries written while a client pages never shift later pages.
+pub async fn page(conn: &mut PgConnection, f: &PageFilter) -> Result<Vec<Entry>, sqlx::Error> {
+    page_query("", f).build_query_as().fetch_all(conn).await
+}
+
+/// The plan PostgreSQL picks for [`page`] (`EXPLAIN (FORMAT JSON)`).
+pub async fn explain_page(
+    conn: &mut PgConnection,
+    f: &PageFilter,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let (plan,) = page_query("EXPLAIN (FORMAT JSON)", f)
+        .build_query_as::<(serde_json::Value,)>()
+        .fetch_one(conn)
+        .await?;
+    Ok(plan)
 }

@@ -4,4 +4,6 @@
 pub mod cursor;
 pub mod ledger;
 pub mod payments;
+pub mod summary;
 pub mod wallets;
+pub mod window;

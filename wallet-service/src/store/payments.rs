@@ -2,14 +2,18 @@
 
 use super::cursor::TimeCursor;
 use super::ledger::{self, EntryKind};
+use super::window::Window;
 use crate::outbox;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::events::{PaymentRequested, RequestedPayment};
 use shared::ids::{EventId, PaymentId, WalletId};
 use shared::money::{Amount, Currency};
+use shared::notifications::{
+    AlertedPayment, BalanceAfter, FinalizedPayment, PaymentAlert, PaymentFinalized,
+};
 use shared::status::{FailureReason, Outcome, PaymentStatus};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -41,6 +45,8 @@ pub struct NewPayment<'a> {
     pub currency: Currency,
     pub merchant_id: &'a str,
     pub description: Option<&'a str>,
+    /// The large-payment alert threshold for this currency, if alerts are on.
+    pub alert_threshold: Option<Amount>,
 }
 
 #[derive(Debug)]
@@ -57,7 +63,8 @@ pub enum AcceptOutcome {
     },
 }
 
-/// Holds the amount and writes the payment, its `hold` entry and its outbox event.
+/// Holds the amount and writes the payment, its `hold` entry and its outbox event (plus a
+/// `payment.alert` when the amount reaches the alert threshold).
 ///
 /// The wallet UPDATE is the first write and the only one that can refuse, so a refused
 /// payment leaves nothing behind in the caller's transaction. `available >= amount` is
@@ -119,6 +126,7 @@ pub async fn accept(
     ledger::append(
         &mut *conn,
         ledger::NewEntry {
+            id: Uuid::now_v7(),
             wallet_id: new.wallet_id,
             kind: EntryKind::Hold,
             amount: new.amount,
@@ -141,7 +149,21 @@ pub async fn accept(
             merchant_id: new.merchant_id.to_owned(),
         },
     );
-    outbox::enqueue(conn, &event, traceparent).await?;
+    outbox::enqueue(&mut *conn, &event, traceparent).await?;
+    if let Some(threshold) = new.alert_threshold.filter(|t| new.amount >= *t) {
+        let alert = PaymentAlert::large_payment(
+            new.wallet_id,
+            payment.created_at,
+            threshold,
+            AlertedPayment {
+                id: payment_id,
+                amount: new.amount,
+                currency: new.currency,
+                merchant_id: new.merchant_id.to_owned(),
+            },
+        );
+        outbox::enqueue_alert(&mut *conn, &alert, traceparent).await?;
+    }
     Ok(AcceptOutcome::Accepted(payment))
 }
 
@@ -159,29 +181,57 @@ pub struct ListFilter {
     pub owner_id: Option<String>,
     pub wallet_id: Option<WalletId>,
     pub status: Option<PaymentStatus>,
+    /// Created within this window.
+    pub window: Window,
     pub after: Option<TimeCursor>,
     pub limit: i64,
 }
 
-/// A page of payments, newest first.
+/// The list query with only the predicates in use, so the planner picks the index that
+/// fits them (see `tests/read_side.rs` for the plans).
+fn list_query<'a>(head: &str, f: &'a ListFilter) -> QueryBuilder<'a, Postgres> {
+    let mut q = QueryBuilder::new(head);
+    q.push(format_args!(
+        " SELECT {PAYMENT_COLUMNS} FROM payments WHERE true"
+    ));
+    if let Some(owner) = &f.owner_id {
+        q.push(" AND owner_id = ").push_bind(owner.as_str());
+    }
+    if let Some(wallet) = f.wallet_id {
+        q.push(" AND wallet_id = ").push_bind(wallet.0);
+    }
+    if let Some(status) = f.status {
+        q.push(" AND status = ").push_bind(status.as_str());
+    }
+    f.window.push_predicates(&mut q, "created_at");
+    if let Some(c) = f.after {
+        q.push(" AND (created_at, id) < (")
+            .push_bind(c.created_at)
+            .push(", ")
+            .push_bind(c.id)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(f.limit);
+    q
+}
+
+/// A page of payments, newest first. Keyset pagination on `(created_at, id)`: rows that
+/// arrive while a client pages are newer than its cursor and never shift later pages.
 pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Payment>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments
-         WHERE ($1::text IS NULL OR owner_id = $1)
-           AND ($2::uuid IS NULL OR wallet_id = $2)
-           AND ($3::text IS NULL OR status = $3)
-           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $6"
-    ))
-    .bind(f.owner_id.as_deref())
-    .bind(f.wallet_id.map(|w| w.0))
-    .bind(f.status.map(PaymentStatus::as_str))
-    .bind(f.after.map(|c| c.created_at))
-    .bind(f.after.map(|c| c.id).unwrap_or_default())
-    .bind(f.limit)
-    .fetch_all(conn)
-    .await
+    list_query("", f).build_query_as().fetch_all(conn).await
+}
+
+/// The plan PostgreSQL picks for [`list`] (`EXPLAIN (FORMAT JSON)`).
+pub async fn explain_list(
+    conn: &mut PgConnection,
+    f: &ListFilter,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let (plan,) = list_query("EXPLAIN (FORMAT JSON)", f)
+        .build_query_as::<(serde_json::Value,)>()
+        .fetch_one(conn)
+        .await?;
+    Ok(plan)
 }
 
 /// What applying one result did.
@@ -200,8 +250,21 @@ pub enum Applied {
     UnknownPayment,
 }
 
+/// What the status guard returns about the payment it moved.
+#[derive(sqlx::FromRow)]
+struct Moved {
+    wallet_id: Uuid,
+    amount: i64,
+    #[sqlx(try_from = "String")]
+    currency: Currency,
+    merchant_id: String,
+    created_at: DateTime<Utc>,
+    finalized_at: DateTime<Utc>,
+}
+
 /// Applies one gateway result. Exactly once per event id (the inbox), and at most one
-/// transition per payment (`WHERE status = 'pending'`), however often results arrive.
+/// transition per payment (`WHERE status = 'pending'`), however often results arrive; the
+/// transition writes its ledger entry and its `payment.finalized` event.
 pub async fn finalize(
     conn: &mut PgConnection,
     event_id: EventId,
@@ -215,11 +278,11 @@ pub async fn finalize(
     // event that moved a payment left it final). One round trip fewer than checking the inbox
     // first, on the path every result takes.
     let status = PaymentStatus::from(outcome);
-    let moved: Option<(Uuid, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let moved: Option<Moved> = sqlx::query_as(
         "UPDATE payments
          SET status = $2, failure_reason = $3, gateway_reference = $4, finalized_at = now(), updated_at = now()
          WHERE id = $1 AND status = 'pending'
-         RETURNING wallet_id, amount, created_at, finalized_at",
+         RETURNING wallet_id, amount, currency, merchant_id, created_at, finalized_at",
     )
     .bind(payment_id.0)
     .bind(status.as_str())
@@ -249,7 +312,15 @@ pub async fn finalize(
         _ => {}
     }
 
-    let Some((wallet_id, amount, created_at, finalized_at)) = moved else {
+    let Some(Moved {
+        wallet_id,
+        amount,
+        currency,
+        merchant_id,
+        created_at,
+        finalized_at,
+    }) = moved
+    else {
         let current: Option<(String,)> =
             sqlx::query_as("SELECT status FROM payments WHERE id = $1")
                 .bind(payment_id.0)
@@ -282,6 +353,7 @@ pub async fn finalize(
     ledger::append(
         &mut *conn,
         ledger::NewEntry {
+            id: Uuid::now_v7(),
             wallet_id: WalletId(wallet_id),
             kind,
             amount,
@@ -292,6 +364,25 @@ pub async fn finalize(
         },
     )
     .await?;
+    let event = PaymentFinalized::new(
+        WalletId(wallet_id),
+        FinalizedPayment {
+            id: payment_id,
+            amount,
+            currency,
+            merchant_id,
+            status,
+            failure_reason,
+            gateway_reference: gateway_reference.map(str::to_owned),
+            created_at,
+            finalized_at,
+        },
+        BalanceAfter {
+            available: available_after,
+            held: held_after,
+        },
+    );
+    outbox::enqueue_finalized(conn, &event).await?;
     Ok(Applied::Finalized {
         status,
         pending_for: finalized_at - created_at,

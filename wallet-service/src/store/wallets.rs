@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::ids::WalletId;
 use shared::money::{Amount, Currency};
+use shared::notifications::{BalanceAfter, DepositFact, WalletDeposited};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -34,6 +35,29 @@ pub async fn create(
     .bind(currency.as_str())
     .fetch_one(conn)
     .await
+}
+
+/// Creates the wallet with a caller-chosen id unless one with that id exists; returns the
+/// wallet with that id either way, and whether it was created now (the bulk import).
+pub async fn create_with_id(
+    conn: &mut PgConnection,
+    id: WalletId,
+    owner_id: &str,
+    currency: Currency,
+) -> Result<(Wallet, bool), sqlx::Error> {
+    let created: Option<Wallet> = sqlx::query_as(&format!(
+        "INSERT INTO wallets (id, owner_id, currency) VALUES ($1, $2, $3)
+         ON CONFLICT (id) DO NOTHING RETURNING {WALLET_COLUMNS}"
+    ))
+    .bind(id.0)
+    .bind(owner_id)
+    .bind(currency.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    match created {
+        Some(w) => Ok((w, true)),
+        None => Ok((get(conn, id).await?.ok_or(sqlx::Error::RowNotFound)?, false)),
+    }
 }
 
 pub async fn get(conn: &mut PgConnection, id: WalletId) -> Result<Option<Wallet>, sqlx::Error> {
@@ -73,9 +97,11 @@ pub enum DepositOutcome {
     BalanceLimit,
 }
 
-/// Credits `amount` to the wallet and records the ledger entry. Refusals write nothing.
+/// Credits `amount` to the wallet and records the ledger entry and the `wallet.deposited`
+/// event. `id` becomes the deposit's id (its ledger entry's). Refusals write nothing.
 pub async fn deposit(
     conn: &mut PgConnection,
+    id: Uuid,
     wallet_id: WalletId,
     amount: Amount,
     currency: Currency,
@@ -103,6 +129,7 @@ pub async fn deposit(
     let entry = ledger::append(
         &mut *conn,
         ledger::NewEntry {
+            id,
             wallet_id,
             kind: EntryKind::Deposit,
             amount,
@@ -113,6 +140,18 @@ pub async fn deposit(
         },
     )
     .await?;
+    let event = WalletDeposited::new(
+        wallet_id,
+        entry.created_at,
+        DepositFact {
+            id: entry.id,
+            amount,
+            currency,
+            reference: reference.map(str::to_owned),
+        },
+        BalanceAfter { available, held },
+    );
+    crate::outbox::enqueue_deposited(&mut *conn, &event).await?;
     Ok(DepositOutcome::Done(Deposit {
         id: entry.id,
         wallet_id: wallet_id.0,
@@ -122,4 +161,24 @@ pub async fn deposit(
         created_at: entry.created_at,
         balance: Balance { available, held },
     }))
+}
+
+/// A deposit as the ledger holds it (the bulk import compares re-imported records with it).
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredDeposit {
+    pub wallet_id: Uuid,
+    pub amount: i64,
+    pub reference: Option<String>,
+}
+
+pub async fn find_deposit(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<StoredDeposit>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT wallet_id, amount, reference FROM ledger_entries WHERE id = $1 AND kind = 'deposit'",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use wallet_service::config::{BrokerConfig, DbConfig, DispatcherConfig, ServeConfig};
 
 pub const SECRET: &str = "integration-test-secret-0123456789";
+/// Payments of 500.00 EUR and more raise a `payment.alert` in tests.
+pub const ALERT_THRESHOLDS: &str = "EUR=50000";
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -67,6 +69,7 @@ pub fn serve_config(prefix: &str, dispatcher: bool, finalizer: bool) -> ServeCon
         reconcile_after_secs: 0,
         rate_limit_per_sec: 0,
         rate_limit_burst: 0,
+        alert_thresholds: wallet_service::alerts::AlertThresholds::parse(ALERT_THRESHOLDS).unwrap(),
         db: DbConfig {
             database_url: String::new(),
             db_max_connections: 10,
@@ -265,4 +268,74 @@ pub async fn assert_money_conserved(pool: &PgPool) {
             "negative balance in wallet {id}"
         );
     }
+}
+
+impl TestApp {
+    /// An abrupt stop, like kill -9: every task is aborted where it stands (open
+    /// transactions roll back, nothing is flushed or acknowledged).
+    pub fn crash(mut self) {
+        drop(self.running.take());
+    }
+}
+
+/// Every message on `topics` (all partitions, from the beginning up to the high watermark
+/// taken now), as (key, payload, partition).
+pub async fn read_topics(topics: &[&str]) -> Vec<(String, Value, i32)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = shared::topology::kafka_config(&kafka_brokers())
+            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut remaining = 0;
+        let mut ends = std::collections::HashMap::new();
+        for topic in &topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .unwrap();
+            for p in md.topics()[0].partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .unwrap();
+                if high > low {
+                    tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(low))
+                        .unwrap();
+                    ends.insert((topic.clone(), p.id()), high);
+                    remaining += high - low;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if remaining == 0 {
+            return out;
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (out.len() as i64) < remaining {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {remaining} messages",
+                out.len()
+            );
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            if m.offset() >= ends[&(m.topic().to_owned(), m.partition())] {
+                continue;
+            }
+            out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+                m.partition(),
+            ));
+        }
+        out
+    })
+    .await
+    .unwrap()
 }

@@ -1,0 +1,201 @@
+//! Relays events for other systems (`payment.finalized`, `wallet.deposited`,
+//! `payment.alert`) from the outbox to Kafka.
+//!
+//! One relay works at a time (a transaction-level advisory lock), claiming rows in `seq`
+//! order, so one wallet's events reach their partition (key = wallet id) in the order its
+//! changes committed. A row is marked published only after Kafka acknowledged it (`acks=all`)
+//! and in the transaction holding the claim; a crash in between sends it again, with the same
+//! `event_id`, which is what consumers dedupe on.
+
+use crate::config::DispatcherConfig;
+use crate::outbox::NOTIFY_CHANNEL;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared::backoff::Backoff;
+use shared::shutdown::Shutdown;
+use shared::topology::KafkaTopics;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The advisory lock that keeps a second relay (another wallet-service) from interleaving
+/// its batches with ours and reordering a wallet's events.
+const RELAY_LOCK: i64 = 0x6576_656e_7473; // "events"
+
+pub struct EventRelay {
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub brokers: String,
+    pub topics: KafkaTopics,
+    pub config: DispatcherConfig,
+}
+
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "events_published_total",
+        "Events for other systems produced to Kafka and acknowledged, by topic."
+    );
+    metrics::describe_counter!(
+        "events_publish_failures_total",
+        "Events Kafka did not acknowledge (sent again later)."
+    );
+    metrics::describe_histogram!(
+        "events_publish_batch_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to produce and acknowledge one batch of events."
+    );
+}
+
+type Claimed = (
+    Uuid,
+    Uuid,
+    String,
+    String,
+    serde_json::Value,
+    Option<String>,
+);
+
+impl EventRelay {
+    pub async fn run(self, mut shutdown: Shutdown) {
+        if !self
+            .topics
+            .create_when_ready(&self.brokers, &mut shutdown)
+            .await
+        {
+            return;
+        }
+        tracing::info!(events = %self.topics.events, alerts = %self.topics.alerts, "event relay started");
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut failures = 0;
+        let mut listener: Option<PgListener> = None;
+        loop {
+            if shutdown.is_triggered() {
+                break;
+            }
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            match self.publish_batch().await {
+                Ok(n) => {
+                    failures = 0;
+                    if n as i64 >= self.config.outbox_batch_size {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt = failures, "relaying events to Kafka failed; will retry");
+                    listener = None;
+                    let delay = backoff.delay(failures);
+                    failures += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = shutdown.wait() => break,
+                    }
+                }
+            }
+            let poll = tokio::time::sleep(self.config.outbox_poll_interval);
+            match listener.as_mut() {
+                Some(l) => tokio::select! {
+                    n = l.recv() => if n.is_err() { listener = None },
+                    _ = poll => {}
+                    _ = shutdown.wait() => break,
+                },
+                None => tokio::select! {
+                    _ = poll => {}
+                    _ = shutdown.wait() => break,
+                },
+            }
+        }
+        tracing::info!("event relay stopped");
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut l = PgListener::connect_with(&self.pool).await.ok()?;
+        l.listen(NOTIFY_CHANNEL).await.ok()?;
+        Some(l)
+    }
+
+    fn topic(&self, channel: &str) -> &str {
+        match channel {
+            "alerts" => &self.topics.alerts,
+            _ => &self.topics.events,
+        }
+    }
+
+    /// Claims, produces and marks one batch; returns how many rows were claimed (0 also
+    /// when another relay holds the lock).
+    async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let (mine,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RELAY_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !mine {
+            return Ok(0);
+        }
+        let rows: Vec<Claimed> = sqlx::query_as(
+            "SELECT id, aggregate_id, event_type, channel, payload, traceparent FROM outbox
+             WHERE published_at IS NULL AND channel IN ('events', 'alerts')
+             ORDER BY seq LIMIT $1",
+        )
+        .bind(self.config.outbox_batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let start = Instant::now();
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for (id, wallet_id, event_type, channel, payload, traceparent) in &rows {
+            let body = serde_json::to_vec(payload).expect("a JSON value serializes");
+            let (key, event_id) = (wallet_id.to_string(), id.to_string());
+            let mut headers = vec![("event_type", event_type.as_str()), ("event_id", &event_id)];
+            if let Some(t) = traceparent {
+                headers.push(("traceparent", t));
+            }
+            let record = FutureRecord::to(self.topic(channel))
+                .key(&key)
+                .payload(&body)
+                .headers(shared::kafka::headers(headers));
+            // Queue everything first, then wait: one round of acknowledgements per batch.
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| anyhow::anyhow!("queueing an event for Kafka: {e}"))?;
+            deliveries.push((*id, channel.as_str(), event_type.as_str(), delivery));
+        }
+        // Only the rows before the first failure are marked: the rest are sent again after
+        // it, so a wallet's later event is never marked while an earlier one is still owed.
+        let mut published = Vec::with_capacity(deliveries.len());
+        let mut failed = 0u64;
+        for (id, channel, event_type, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) if failed > 0 => {}
+                Ok(Ok(_)) => {
+                    metrics::counter!("events_published_total", "topic" => self.topic(channel).to_owned()).increment(1);
+                    tracing::debug!(event_id = %id, event_type, "event published");
+                    published.push(id);
+                }
+                Ok(Err((e, _))) => {
+                    tracing::warn!(event_id = %id, event_type, error = %e, "Kafka did not acknowledge an event; it will be sent again");
+                    failed += 1;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        sqlx::query(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+        )
+        .bind(&published)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        metrics::histogram!("events_publish_batch_duration_seconds")
+            .record(start.elapsed().as_secs_f64());
+        if failed > 0 {
+            metrics::counter!("events_publish_failures_total").increment(failed);
+            anyhow::bail!("{failed} of {} events were not acknowledged", rows.len());
+        }
+        Ok(rows.len())
+    }
+}
