@@ -341,7 +341,7 @@ async fn two_dispatchers_publish_every_row_exactly_once(pool: PgPool) {
     }
     eventually("outbox drained", DEADLINE, || async {
         let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL AND channel = 'payments'")
                 .fetch_one(&pool)
                 .await
                 .unwrap();
