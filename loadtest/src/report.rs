@@ -129,6 +129,8 @@ pub fn table(r: &Value) -> String {
         ("pay", "api pay (POST payment)"),
         ("pay_service", "  from actual send"),
         ("read", "api read (GET)"),
+        ("read_balance", "  balance reads"),
+        ("read_payment", "  payment reads"),
         ("replay", "api client retry"),
         ("retry", "api retry after loss"),
         ("poll", "api poll (GET payment)"),

@@ -444,15 +444,20 @@ impl Ctx {
             }
         };
         let w = &self.wallets[wallet];
-        let (label, path) = match &payment {
-            Some(id) => ("read-payment", format!("/v1/payments/{id}")),
-            None => ("read-balance", format!("/v1/wallets/{}/balance", w.id)),
+        let (label, kind, path) = match &payment {
+            Some(id) => ("read-payment", "read_payment", format!("/v1/payments/{id}")),
+            None => (
+                "read-balance",
+                "read_balance",
+                format!("/v1/wallets/{}/balance", w.id),
+            ),
         };
         let sent = Instant::now();
         let r = self.api.get(&path, &w.token).await;
         let now = Instant::now();
         let mut rec = lock(&self.rec);
         rec.latency("read", now - intended.min(sent));
+        rec.latency(kind, now - intended.min(sent));
         rec.reads += 1;
         let problem = match &r {
             Ok(reply) if reply.status == StatusCode::OK => None,

@@ -79,7 +79,14 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("applying migrations")?;
             let start = std::time::Instant::now();
-            let s = wallet_service::import::run(&pool, &file).await?;
+            // An operator's error: the reason and the line, not a backtrace.
+            let s = match wallet_service::import::run(&pool, &file).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("[import] {file}: {e}");
+                    std::process::exit(1);
+                }
+            };
             eprintln!(
                 "[import] {file}: {} wallets created, {} already present; {} deposits credited, {} already present ({:.1} s)",
                 s.wallets_created,

@@ -340,11 +340,12 @@ async fn two_dispatchers_publish_every_row_exactly_once(pool: PgPool) {
         tasks.push(tokio::spawn(d.run(shutdown.clone())));
     }
     eventually("outbox drained", DEADLINE, || async {
-        let left: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL AND channel = 'payments'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND channel = 'payments'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         (left == 0).then_some(())
     })
     .await;
