@@ -780,3 +780,27 @@ async fn a_lock_timeout_in_the_database_is_a_retryable_503(pool: PgPool) {
     assert_eq!(app.balance("alice", &id).await, (900, 100));
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_replayed_key_is_free_again_at_once(pool: PgPool) {
+    // A replay must release the key's lock when it answers, not when its pooled connection
+    // is next used: otherwise the following retry is told 409 "in use".
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 10_000, "EUR").await;
+    let body = serde_json::json!({"wallet_id": wallet, "amount": 100, "currency": "EUR", "merchant_id": "m"});
+    let first = app
+        .post("/v1/payments", &token("alice"), Some("k-replay"), &body)
+        .await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    for _ in 0..12 {
+        let again = app
+            .post("/v1/payments", &token("alice"), Some("k-replay"), &body)
+            .await;
+        assert_eq!(again.status(), StatusCode::ACCEPTED);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.json::<Value>().await.unwrap(), first);
+    }
+    app.stop().await;
+}

@@ -33,21 +33,27 @@ impl Guard {
             return Ok(Started::Fresh(Guard { tx, key: None }));
         };
         let fingerprint = idempotency::fingerprint(method, path, body);
-        match idempotency::begin(&mut tx, principal, key, &fingerprint).await? {
-            Begin::Proceed => Ok(Started::Fresh(Guard {
-                tx,
-                key: Some((principal.to_owned(), key.to_owned(), fingerprint)),
-            })),
-            Begin::Replay(saved) => {
-                let mut response = json_response(saved.status, &saved.body);
-                response
-                    .headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                Ok(Started::Replay(response))
+        let saved = match idempotency::begin(&mut tx, principal, key, &fingerprint).await? {
+            Begin::Proceed => {
+                return Ok(Started::Fresh(Guard {
+                    tx,
+                    key: Some((principal.to_owned(), key.to_owned(), fingerprint)),
+                }))
             }
+            Begin::Replay(saved) => Ok(saved),
             Begin::Reused => Err(ApiError::IdempotencyKeyReused),
             Begin::InUse => Err(ApiError::IdempotencyKeyInUse),
-        }
+        };
+        // End the transaction now: it may hold the key's advisory lock, and a dropped
+        // transaction is only rolled back when its pooled connection is next used, so the
+        // next retry of this key would be told 409 "in use" until then.
+        tx.rollback().await?;
+        let saved = saved?;
+        let mut response = json_response(saved.status, &saved.body);
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        Ok(Started::Replay(response))
     }
 
     pub fn conn(&mut self) -> &mut PgConnection {
@@ -64,7 +70,12 @@ impl Guard {
         let (status, body) = match outcome {
             Ok(ok) => ok,
             Err(e) if e.is_replayable() => (e.status(), e.problem()),
-            Err(e) => return Err(e), // dropping the transaction rolls it back
+            Err(e) => {
+                // Roll back now rather than on drop, which would leave the key's advisory
+                // lock held until the pooled connection is next used.
+                let _ = self.tx.rollback().await;
+                return Err(e);
+            }
         };
         if let Some((principal, key, fingerprint)) = &self.key {
             let saved = Saved {
