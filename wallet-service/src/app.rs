@@ -24,13 +24,19 @@ pub async fn connect_db(cfg: &DbConfig) -> anyhow::Result<PgPool> {
         .database_url
         .parse()
         .context("DATABASE_URL is not a valid URL")?;
-    let options = options
-        .application_name("wallet-service")
-        .options([("statement_timeout", "5000"), ("lock_timeout", "3000")]);
     Ok(PgPoolOptions::new()
         .max_connections(cfg.db_max_connections)
         .acquire_timeout(cfg.db_acquire_timeout)
-        .connect_lazy_with(options))
+        .connect_lazy_with(session_options(options)))
+}
+
+/// The session settings every connection of the service runs with: a statement or lock wait
+/// ends in an error (a 503 the client may retry) well before the request deadline, instead of
+/// leaving the statement running after the request was abandoned.
+pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
+    options
+        .application_name("wallet-service")
+        .options([("statement_timeout", "5000"), ("lock_timeout", "3000")])
 }
 
 pub fn describe_metrics() {
@@ -96,7 +102,8 @@ pub async fn start(
     start_with_pool(cfg, pool, metrics, shutdown).await
 }
 
-/// Starts the service on an existing pool (tests hand in a fresh database's pool).
+/// Starts the service on an existing pool (tests hand in a fresh database's pool, opened
+/// with [`session_options`]).
 pub async fn start_with_pool(
     cfg: ServeConfig,
     pool: PgPool,

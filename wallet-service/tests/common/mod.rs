@@ -96,7 +96,15 @@ pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
     cfg.request_timeout = opts.request_timeout;
     let (trigger, shutdown) = shared::shutdown::channel();
     let metrics = shared::telemetry::install_metrics();
-    let running = wallet_service::app::start_with_pool(cfg, pool.clone(), metrics, shutdown)
+    // The service's own pool on the test database, with the session settings it runs with
+    // in production (lock and statement timeouts); `pool` stays the test's view.
+    let service_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(cfg.db.db_max_connections)
+        .acquire_timeout(cfg.db.db_acquire_timeout)
+        .connect_lazy_with(wallet_service::app::session_options(
+            (*pool.connect_options()).clone(),
+        ));
+    let running = wallet_service::app::start_with_pool(cfg, service_pool, metrics, shutdown)
         .await
         .expect("app starts");
     TestApp {
