@@ -3,6 +3,7 @@
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
+use shared::backoff::Backoff;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -11,6 +12,8 @@ use uuid::Uuid;
 const DEPOSIT: i64 = 1_000_000;
 /// How long one request keeps retrying through faults.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(240);
+/// Between those retries: doubling from 100 ms to at most 2 s, without jitter.
+const RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 struct Wallet {
     token: String,
@@ -36,7 +39,8 @@ pub struct Load {
     admin: String,
     run: String,
     seed: u64,
-    owners: Vec<String>,
+    /// How many wallets `fund` creates.
+    wallet_count: usize,
     secret: String,
     wallets: Mutex<Vec<Wallet>>,
     accepted: Mutex<Vec<Uuid>>,
@@ -47,18 +51,14 @@ pub struct Load {
 type Answer = (StatusCode, Value);
 
 impl Load {
-    pub fn new(url: &str, secret: &str, seed: u64, wallets: usize) -> Self {
-        let run = format!("chaos-{seed}-{}", Uuid::now_v7().simple());
+    pub fn new(http: Client, url: &str, secret: &str, seed: u64, wallets: usize) -> Self {
         Self {
-            http: Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .expect("client builds"),
+            http,
             url: url.trim_end_matches('/').to_owned(),
             admin: wallet_service::auth::mint(secret, "chaos-admin", true, 7200),
-            owners: (0..wallets).map(|i| format!("{run}-{i}")).collect(),
-            run,
+            run: format!("chaos-{seed}-{}", Uuid::now_v7().simple()),
             seed,
+            wallet_count: wallets,
             secret: secret.to_owned(),
             wallets: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
@@ -87,7 +87,7 @@ impl Load {
         body: &Value,
     ) -> anyhow::Result<Answer> {
         let start = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
         loop {
             let sent = self
                 .http
@@ -119,15 +119,16 @@ impl Load {
                 anyhow::bail!("no definitive answer for {path} key {key} after {GIVE_UP_AFTER:?}");
             }
             self.bump(|s| s.retries += 1);
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(RETRY_BACKOFF.ceiling(attempt)).await;
+            attempt += 1;
         }
     }
 
     /// Creates and funds the wallets (retried like everything else).
     pub async fn fund(&self) -> anyhow::Result<()> {
-        for (i, owner) in self.owners.iter().enumerate() {
-            let token = wallet_service::auth::mint(&self.secret, owner, false, 7200);
+        for i in 0..self.wallet_count {
+            let owner = format!("{}-{i}", self.run);
+            let token = wallet_service::auth::mint(&self.secret, &owner, false, 7200);
             let (s, w) = self
                 .post(
                     "/v1/wallets",
@@ -244,7 +245,7 @@ impl Load {
 
     /// Through the API: per wallet, deposits = available + held + captured. Returns the
     /// wallets that disagree.
-    pub async fn wallet_conservation(&self, http: &Client) -> anyhow::Result<Vec<String>> {
+    pub async fn wallet_conservation(&self) -> anyhow::Result<Vec<String>> {
         let wallets: Vec<(String, String)> = self
             .wallets
             .lock()
@@ -254,7 +255,8 @@ impl Load {
             .collect();
         let mut bad = Vec::new();
         for (token, id) in wallets {
-            let b: Value = http
+            let b: Value = self
+                .http
                 .get(format!("{}/v1/wallets/{id}/balance", self.url))
                 .bearer_auth(&token)
                 .send()
@@ -272,7 +274,8 @@ impl Load {
                 if let Some(c) = &cursor {
                     url.push_str(&format!("&cursor={c}"));
                 }
-                let page: Value = http
+                let page: Value = self
+                    .http
                     .get(url)
                     .bearer_auth(&token)
                     .send()

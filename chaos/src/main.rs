@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let dlq_before = dead_letters(&http, &args).await?;
 
     let load = Arc::new(Load::new(
+        http.clone(),
         &args.wallet_url,
         &args.jwt_secret,
         seed,
@@ -202,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
             recovered.as_secs_f64()
         ),
     );
-    let per_wallet = load.wallet_conservation(&http).await?;
+    let per_wallet = load.wallet_conservation().await?;
     report.check(
         "per wallet: deposits = available + held + captured",
         per_wallet.is_empty(),
@@ -477,8 +478,9 @@ fn charge_records(path: &str, ids: &[uuid::Uuid]) -> anyhow::Result<BTreeMap<Str
 async fn dead_letters(http: &reqwest::Client, args: &Args) -> anyhow::Result<(i64, i64)> {
     let q: Value = http
         .get(format!(
-            "{}/api/queues/%2F/payments.requested.dlq",
-            args.rabbit_api
+            "{}/api/queues/%2F/{}",
+            args.rabbit_api,
+            shared::topology::AmqpTopology::default().dead_letter_queue
         ))
         .send()
         .await?

@@ -1,39 +1,8 @@
-//! The HTTP side: tokens, calls to the wallet-service, the gateway's stats, metrics scrapes.
+//! The HTTP side: calls to the wallet-service, the gateway's stats, metrics scrapes.
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Client, StatusCode};
-use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
-
-#[derive(Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<&'static str>,
-    iat: u64,
-}
-
-/// An HS256 token like `wallet-service token` mints (see wallet-service/src/auth.rs).
-pub fn mint(secret: &str, sub: &str, admin: bool, ttl_secs: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let claims = Claims {
-        sub,
-        exp: now + ttl_secs,
-        scope: admin.then_some("admin"),
-        iat: now,
-    };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 encoding cannot fail")
-}
 
 /// An HTTP answer.
 #[derive(Debug, Clone)]
@@ -281,29 +250,5 @@ mod tests {
         assert_eq!(metric_value(text, "requests_in_flight"), Some(7.0));
         assert_eq!(metric_value(text, "outbox"), None);
         assert_eq!(metric_value(text, "missing"), None);
-    }
-
-    #[test]
-    fn minted_token_shape() {
-        let t = mint("secret", "alice", true, 60);
-        assert_eq!(t.split('.').count(), 3);
-        let mut v = jsonwebtoken::Validation::new(Algorithm::HS256);
-        v.set_required_spec_claims(&["exp", "sub"]);
-        let data = jsonwebtoken::decode::<Value>(
-            &t,
-            &jsonwebtoken::DecodingKey::from_secret(b"secret"),
-            &v,
-        )
-        .unwrap();
-        assert_eq!(data.claims["sub"], "alice");
-        assert_eq!(data.claims["scope"], "admin");
-        let plain = mint("secret", "bob", false, 60);
-        let data = jsonwebtoken::decode::<Value>(
-            &plain,
-            &jsonwebtoken::DecodingKey::from_secret(b"secret"),
-            &v,
-        )
-        .unwrap();
-        assert!(data.claims.get("scope").is_none());
     }
 }

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -327,11 +327,10 @@ pub async fn verify(
     wall_t0: DateTime<Utc>,
     gateway_before: &Value,
 ) -> anyhow::Result<Verdict> {
-    let (drained, drain_time, _) = drain(ctx, load_end).await;
+    // What the server holds for our wallets: balances (as the drain last read them),
+    // payments, ledgers.
+    let (drained, drain_time, final_balances) = drain(ctx, load_end).await;
     progress(ctx, "checking the invariants...");
-
-    // What the server holds for our wallets: balances, payments, ledgers.
-    let final_balances = balances(ctx).await;
     let listed: Vec<anyhow::Result<(Vec<ServerPayment>, Vec<Entry>)>> = stream::iter(&ctx.wallets)
         .map(|w| wallet_records(ctx, w))
         .buffered(ctx.args.setup_concurrency as usize)
@@ -724,9 +723,7 @@ async fn gateway_agrees(
         .collect()
         .await;
     let mut problems = Vec::new();
-    let mut seen = HashSet::new();
     for (i, r) in answers {
-        seen.insert(i);
         let (id, amount, status, reason) = &finals[i];
         let problem = match (&r, status.as_str(), reason.as_deref()) {
             (Err(e), ..) => Some(format!("look-up failed: {}", e.describe())),
@@ -744,7 +741,6 @@ async fn gateway_agrees(
             problems.push(format!("{id}: {p}"));
         }
     }
-    debug_assert_eq!(seen.len(), finals.len());
     problems
 }
 

@@ -1,7 +1,7 @@
 //! The outputs: the JSON report, the summary table on the terminal, the SVG report.
 
-use crate::stats::{distribution, round3};
-use serde::Serialize;
+use crate::stats::{distribution, round3, Summary};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -106,7 +106,7 @@ pub fn table(r: &Value) -> String {
         "latency", "count", "p50", "p90", "p99", "p99.9", "max"
     );
     let row = |s: &mut String, name: &str, v: &Value| {
-        let Ok(sum) = serde_json::from_value::<SummaryIn>(v.clone()) else {
+        let Ok(sum) = Summary::deserialize(v) else {
             return;
         };
         if sum.count == 0 {
@@ -253,16 +253,6 @@ pub fn table(r: &Value) -> String {
         }
     );
     s
-}
-
-#[derive(serde::Deserialize)]
-struct SummaryIn {
-    count: u64,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
 }
 
 // ---------------------------------------------------------------- SVG
@@ -509,27 +499,29 @@ pub fn svg(headline: &str, subtitle: &str, timeline: &[Second], dist: &Distribut
         .fold(2.0f64, f64::max)
         .ceil()
         .min(5.0);
+    // A panel of the run's timeline (x: seconds since the load started).
+    let time_panel = |title, y_label, series| Panel {
+        title,
+        y_label,
+        log_y: false,
+        x_label: "time since the load started",
+        x_max,
+        x_ticks: ticks.clone(),
+        series,
+    };
     let panels = [
-        Panel {
-            title: "Payment POST latency by second of intended start (ms)",
-            y_label: "ms",
-            log_y: false,
-            x_label: "time since the load started",
-            x_max,
-            x_ticks: ticks.clone(),
-            series: vec![
+        time_panel(
+            "Payment POST latency by second of intended start (ms)",
+            "ms",
+            vec![
                 series_of(timeline, "pay p50", "#1f77b4", false, |s| s.pay_p50_ms),
                 series_of(timeline, "pay p99", "#d62728", false, |s| s.pay_p99_ms),
             ],
-        },
-        Panel {
-            title: "Acceptance → finalization (server timestamps) by second of creation (ms)",
-            y_label: "ms",
-            log_y: false,
-            x_label: "time since the load started",
-            x_max,
-            x_ticks: ticks.clone(),
-            series: vec![
+        ),
+        time_panel(
+            "Acceptance → finalization (server timestamps) by second of creation (ms)",
+            "ms",
+            vec![
                 series_of(timeline, "finalize p50", "#2ca02c", false, |s| {
                     s.finalize_p50_ms
                 }),
@@ -537,30 +529,22 @@ pub fn svg(headline: &str, subtitle: &str, timeline: &[Second], dist: &Distribut
                     s.finalize_p99_ms
                 }),
             ],
-        },
-        Panel {
-            title: "Payments per second: offered, answered as expected, errors",
-            y_label: "per second",
-            log_y: false,
-            x_label: "time since the load started",
-            x_max,
-            x_ticks: ticks.clone(),
-            series: vec![
+        ),
+        time_panel(
+            "Payments per second: offered, answered as expected, errors",
+            "per second",
+            vec![
                 series_of(timeline, "offered/s", "#7f7f7f", true, |s| s.offered),
                 series_of(timeline, "ok/s", "#1f77b4", false, |s| Some(s.ok as f64)),
                 series_of(timeline, "errors/s", "#d62728", false, |s| {
                     Some(s.errors as f64)
                 }),
             ],
-        },
-        Panel {
-            title: "Queues, scraped once a second from /metrics",
-            y_label: "count",
-            log_y: false,
-            x_label: "time since the load started",
-            x_max,
-            x_ticks: ticks,
-            series: vec![
+        ),
+        time_panel(
+            "Queues, scraped once a second from /metrics",
+            "count",
+            vec![
                 series_of(timeline, "outbox backlog", "#ff7f0e", false, |s| {
                     s.outbox_backlog
                 }),
@@ -568,7 +552,7 @@ pub fn svg(headline: &str, subtitle: &str, timeline: &[Second], dist: &Distribut
                     s.processor_in_flight
                 }),
             ],
-        },
+        ),
         Panel {
             title: "Latency by percentile (ms, logarithmic)",
             y_label: "ms (log)",

@@ -1,7 +1,7 @@
 //! Setup (wallets, deposits) and the load phase: open loop, ramp or closed loop, with the
 //! poller for sampled payments, the metrics scraper and the progress line.
 
-use crate::api::{mint, Api, CallResult, Reply};
+use crate::api::{Api, CallResult, Reply};
 use crate::cli::Args;
 use crate::mix::{Mix, PayKind, PayOp, ReadOp};
 use crate::schedule::Schedule;
@@ -87,7 +87,6 @@ pub struct Ctx {
     pub samples: Mutex<Vec<Sample>>,
     recent: Mutex<VecDeque<(String, usize)>>,
     poll_tx: Mutex<Option<mpsc::UnboundedSender<PollJob>>>,
-    last_backlog: AtomicU64,
     stop_scraper: AtomicBool,
 }
 
@@ -139,7 +138,7 @@ pub async fn setup(
             let lat = &lat;
             async move {
                 let owner = format!("lt-{run_id}-{i}");
-                let token = mint(&args.jwt_secret, &owner, false, ttl);
+                let token = wallet_service::auth::mint(&args.jwt_secret, &owner, false, ttl);
                 let (key, body) = (
                     format!("lt-{run_id}-w{i}"),
                     json!({"currency": args.currency}),
@@ -280,7 +279,6 @@ impl Ctx {
             samples: Mutex::new(Vec::new()),
             recent: Mutex::new(VecDeque::new()),
             poll_tx: Mutex::new(None),
-            last_backlog: AtomicU64::new(f64::NAN.to_bits()),
             stop_scraper: AtomicBool::new(false),
         }
     }
@@ -455,9 +453,10 @@ impl Ctx {
         let sent = Instant::now();
         let r = self.api.get(&path, &w.token).await;
         let now = Instant::now();
+        let d = now - intended.min(sent);
         let mut rec = lock(&self.rec);
-        rec.latency("read", now - intended.min(sent));
-        rec.latency(kind, now - intended.min(sent));
+        rec.latency("read", d);
+        rec.latency(kind, d);
         rec.reads += 1;
         let problem = match &r {
             Ok(reply) if reply.status == StatusCode::OK => None,
@@ -667,8 +666,6 @@ async fn scraper(ctx: Arc<Ctx>) {
             ctx.api.scrape(&ctx.api.wallet, "outbox_backlog"),
             ctx.api.scrape(&ctx.api.processor, "requests_in_flight"),
         );
-        ctx.last_backlog
-            .store(outbox.unwrap_or(f64::NAN).to_bits(), Relaxed);
         lock(&ctx.samples).push(Sample {
             t,
             outbox_backlog: outbox,
@@ -708,12 +705,15 @@ async fn progress(ctx: Arc<Ctx>) {
         }
         since_print = 0;
         (last_ok, last_t) = (ok, now);
-        let backlog = f64::from_bits(ctx.last_backlog.load(Relaxed));
+        let backlog = lock(&ctx.samples)
+            .last()
+            .and_then(|s| s.outbox_backlog)
+            .filter(|b| !b.is_nan());
         let line = format!(
             "[loadtest] {:>5.1}s  sent {sent}  ok {ok}  errors {errors}  rate {rate:.1}/s  p99 {}  outbox {}",
             ctx.since_start(now).as_secs_f64(),
             p99.map_or("-".into(), |p| format!("{p:.1} ms")),
-            if backlog.is_nan() { "-".into() } else { format!("{backlog:.0}") },
+            backlog.map_or("-".into(), |b| format!("{b:.0}")),
         );
         let mut err = std::io::stderr().lock();
         if tty {

@@ -2,7 +2,7 @@
 //! errors by kind, counters. Latencies are recorded in microseconds.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -24,9 +24,11 @@ pub fn round3(x: f64) -> f64 {
 }
 
 /// The percentile summary every latency in the report carries (milliseconds).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub count: u64,
+    /// Defaults when absent: the terminal table reads summaries back and needs no mean.
+    #[serde(default)]
     pub mean: f64,
     pub p50: f64,
     pub p90: f64,
@@ -159,16 +161,14 @@ impl Recorder {
             record(h, latency);
         }
         if ok {
-            self.pay_ok += 1;
-            bump(&mut self.ok_by_second, at);
-            if let Some(c) = self.ok_by_step.get_mut(step) {
-                *c += 1;
-            }
+            self.late_ok(at, step);
+        } else {
+            self.last_pay_answer = self.last_pay_answer.max(at);
         }
-        self.last_pay_answer = self.last_pay_answer.max(at);
     }
 
-    /// A payment that got its expected answer only on a later attempt.
+    /// A payment's expected answer, answered at `at`: its first (via [`Recorder::pay`]) or,
+    /// called directly, one it got only on a later attempt.
     pub fn late_ok(&mut self, at: Duration, step: usize) {
         self.pay_ok += 1;
         bump(&mut self.ok_by_second, at);

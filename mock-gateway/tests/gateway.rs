@@ -34,6 +34,14 @@ async fn post_charge(gw: &Running, client: &Client, key: &str, body: &Value) -> 
         .unwrap()
 }
 
+async fn post_void(gw: &Running, client: &Client, key: &str) -> reqwest::Response {
+    client
+        .post(gw.url(&format!("/v1/charges/{key}/void")))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn get_json(gw: &Running, client: &Client, path: &str) -> (StatusCode, Value) {
     let response = client.get(gw.url(path)).send().await.unwrap();
     (response.status(), response.json().await.unwrap())
@@ -340,11 +348,7 @@ async fn health_readiness_and_metrics_answer() {
 async fn void_closes_a_key_for_good_and_answers_an_existing_charge() {
     let (gw, client) = start(config()).await;
     // An unused key is voided; a later charge under it is refused and nothing is charged.
-    let voided = client
-        .post(gw.url("/v1/charges/k-void/void"))
-        .send()
-        .await
-        .unwrap();
+    let voided = post_void(&gw, &client, "k-void").await;
     assert_eq!(voided.status(), StatusCode::OK);
     let voided: Value = voided.json().await.unwrap();
     assert_eq!(voided["status"], "voided");
@@ -355,11 +359,8 @@ async fn void_closes_a_key_for_good_and_answers_an_existing_charge() {
         "charge_voided"
     );
     // Voiding again is idempotent.
-    let again: Value = client
-        .post(gw.url("/v1/charges/k-void/void"))
-        .send()
+    let again: Value = post_void(&gw, &client, "k-void")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -371,11 +372,8 @@ async fn void_closes_a_key_for_good_and_answers_an_existing_charge() {
         .json()
         .await
         .unwrap();
-    let answer: Value = client
-        .post(gw.url("/v1/charges/k-paid/void"))
-        .send()
+    let answer: Value = post_void(&gw, &client, "k-paid")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -393,18 +391,12 @@ async fn a_key_in_flight_can_be_neither_looked_up_as_missing_nor_voided() {
     let mut cfg = config();
     cfg.latency_ms = 300;
     let (gw, client) = start(cfg).await;
+    let gw = std::sync::Arc::new(gw);
     let in_flight = {
-        let client = client.clone();
-        let url = gw.url("/v1/charges");
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .header("Idempotency-Key", "k-slow")
-                .json(&charge_body(100, "m"))
-                .send()
-                .await
-                .unwrap()
-        })
+        let (gw, client) = (gw.clone(), client.clone());
+        tokio::spawn(
+            async move { post_charge(&gw, &client, "k-slow", &charge_body(100, "m")).await },
+        )
     };
     // Wait until the gateway holds the key (the request is being processed).
     let start = std::time::Instant::now();
@@ -418,13 +410,9 @@ async fn a_key_in_flight_can_be_neither_looked_up_as_missing_nor_voided() {
             start.elapsed() < std::time::Duration::from_secs(10),
             "request never in flight"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let void = client
-        .post(gw.url("/v1/charges/k-slow/void"))
-        .send()
-        .await
-        .unwrap();
+    let void = post_void(&gw, &client, "k-slow").await;
     assert_eq!(void.status(), StatusCode::CONFLICT);
     let charged: Value = in_flight.await.unwrap().json().await.unwrap();
     assert_eq!(charged["status"], "succeeded");

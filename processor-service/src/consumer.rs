@@ -16,7 +16,9 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
-use shared::events::{decode_requested, PaymentRequested, PaymentResult};
+use shared::events::{
+    decode_requested, PaymentRequested, PaymentResult, Poison, PAYMENT_REQUESTED,
+};
 use shared::ids::EventId;
 use shared::shutdown::Shutdown;
 use shared::status::{FailureReason, Outcome};
@@ -37,6 +39,7 @@ pub struct Processor {
     pub connected: Arc<AtomicBool>,
 }
 
+/// Describes the consumer's metrics and starts their series at 0.
 pub fn describe_metrics() {
     metrics::describe_counter!(
         "requests_consumed_total",
@@ -69,6 +72,29 @@ pub fn describe_metrics() {
         "Time from receiving a payment request to acking it."
     );
     metrics::describe_gauge!("requests_in_flight", "Payment requests being processed.");
+    // Series exist from the start (at 0), so rate() and alerts see their first increment.
+    for name in [
+        "requests_consumed_total",
+        "requests_requeued_total",
+        "results_publish_failures_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    // Every reason `decode_requested` can give, by the label it is counted under.
+    for poison in [
+        Poison::NotJson(String::new()),
+        Poison::WrongType(None),
+        Poison::UnsupportedVersion(None),
+        Poison::Invalid {
+            kind: PAYMENT_REQUESTED,
+            detail: String::new(),
+        },
+    ] {
+        metrics::counter!("requests_dead_lettered_total", "reason" => poison.label()).increment(0);
+    }
+    for outcome in [Outcome::Succeeded, Outcome::Failed] {
+        metrics::counter!("results_published_total", "outcome" => outcome.as_str()).increment(0);
+    }
 }
 
 impl Processor {
@@ -176,13 +202,7 @@ impl Processor {
         };
         let payment_id = request.payment.id;
         let decision = self.gateway.charge(&request.payment).await;
-        let label = match &decision {
-            Decision::Charged { .. } => "charged",
-            Decision::Declined { .. } => "declined",
-            Decision::NotCharged => "not_charged",
-            Decision::Unknown(_) => "unknown",
-        };
-        metrics::counter!("gateway_decisions_total", "decision" => label).increment(1);
+        metrics::counter!("gateway_decisions_total", "decision" => decision.label()).increment(1);
         match result_for(&request, decision) {
             Ok(result) => {
                 self.publish(&result, &traceparent).await;

@@ -22,17 +22,22 @@ pub enum Decision {
     Unknown(String),
 }
 
+impl Decision {
+    /// Its `decision` label on `gateway_decisions_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Charged { .. } => "charged",
+            Self::Declined { .. } => "declined",
+            Self::NotCharged => "not_charged",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct Charge {
     id: String,
     status: String,
-}
-
-/// How one call ended.
-enum Attempt {
-    Done(Decision),
-    /// No answer that decides (503, timeout, no connection, in progress): retry.
-    Retry(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +52,7 @@ pub struct GatewayClient {
     backoff: Backoff,
 }
 
+/// Describes the client's metrics and starts their series at 0.
 pub fn describe_metrics() {
     metrics::describe_histogram!(
         "gateway_request_duration_seconds",
@@ -61,6 +67,20 @@ pub fn describe_metrics() {
         "gateway_decisions_total",
         "Final gateway decisions per payment, by decision."
     );
+    // Series exist from the start (at 0), so rate() and alerts see their first increment.
+    metrics::counter!("gateway_retries_total").increment(0);
+    for decision in [
+        Decision::Charged {
+            reference: String::new(),
+        },
+        Decision::Declined {
+            reference: String::new(),
+        },
+        Decision::NotCharged,
+        Decision::Unknown(String::new()),
+    ] {
+        metrics::counter!("gateway_decisions_total", "decision" => decision.label()).increment(0);
+    }
 }
 
 impl GatewayClient {
@@ -109,8 +129,8 @@ impl GatewayClient {
                 tokio::time::sleep(self.backoff.delay(attempt - 1)).await;
             }
             match self.post_charge(payment).await {
-                Attempt::Done(d) => return d,
-                Attempt::Retry(e) => last_error = e,
+                Ok(d) => return d,
+                Err(e) => last_error = e,
             }
             tracing::warn!(payment_id = %payment.id, attempt = attempt + 1, error = %last_error, "gateway call failed; retrying with the same idempotency key");
         }
@@ -121,7 +141,9 @@ impl GatewayClient {
         }
     }
 
-    async fn post_charge(&self, p: &RequestedPayment) -> Attempt {
+    /// One charge call: the decision if the gateway's answer decides, otherwise (503,
+    /// timeout, no connection, in progress, unreadable answer) why not, to retry.
+    async fn post_charge(&self, p: &RequestedPayment) -> Result<Decision, String> {
         let start = Instant::now();
         let body = serde_json::json!({
             "amount": p.amount,
@@ -136,34 +158,28 @@ impl GatewayClient {
             .json(&body)
             .send()
             .await;
+        // Only a charge or a void decides. Every failure is retried under the same key, even a
+        // connection never established (an earlier attempt may have reached the gateway);
+        // the result label only tells failures apart in the metrics.
         let (result, attempt) = match sent {
-            // Connection never established: the request was not processed.
-            Err(e) if e.is_connect() => ("connect_error", Attempt::Retry(e.to_string())),
-            Err(e) if e.is_timeout() => ("timeout", Attempt::Retry(format!("timed out: {e}"))),
-            Err(e) => ("error", Attempt::Retry(e.to_string())),
+            Err(e) if e.is_connect() => ("connect_error", Err(e.to_string())),
+            Err(e) if e.is_timeout() => ("timeout", Err(format!("timed out: {e}"))),
+            Err(e) => ("error", Err(e.to_string())),
             Ok(r) => match r.status().as_u16() {
                 200 => match r.json::<Charge>().await {
-                    Ok(c) => ("ok", Attempt::Done(decision_of(c))),
-                    Err(e) => (
-                        "bad_body",
-                        Attempt::Retry(format!("unreadable charge: {e}")),
-                    ),
+                    Ok(c) => ("ok", Ok(decision_of(c))),
+                    Err(e) => ("bad_body", Err(format!("unreadable charge: {e}"))),
                 },
-                503 => ("unavailable", Attempt::Retry("gateway answered 503".into())),
+                503 => ("unavailable", Err("gateway answered 503".into())),
                 409 => match r.json::<GatewayError>().await {
                     // Someone gave up on this key and voided it: certainly not charged.
-                    Ok(e) if e.error == "charge_voided" => {
-                        ("voided", Attempt::Done(Decision::NotCharged))
-                    }
+                    Ok(e) if e.error == "charge_voided" => ("voided", Ok(Decision::NotCharged)),
                     _ => (
                         "in_progress",
-                        Attempt::Retry("a request with this key is in progress".into()),
+                        Err("a request with this key is in progress".into()),
                     ),
                 },
-                status => (
-                    "http_error",
-                    Attempt::Retry(format!("gateway answered {status}")),
-                ),
+                status => ("http_error", Err(format!("gateway answered {status}"))),
             },
         };
         metrics::histogram!("gateway_request_duration_seconds", "operation" => "charge", "result" => result)

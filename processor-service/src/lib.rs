@@ -69,24 +69,6 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     consumer::describe_metrics();
     gateway::describe_metrics();
-    // Series exist from the start (at 0), so rate() and alerts see their first increment.
-    for reason in ["not_json", "wrong_type", "unsupported_version", "invalid"] {
-        metrics::counter!("requests_dead_lettered_total", "reason" => reason).increment(0);
-    }
-    for decision in ["charged", "declined", "not_charged", "unknown"] {
-        metrics::counter!("gateway_decisions_total", "decision" => decision).increment(0);
-    }
-    for outcome in ["succeeded", "failed"] {
-        metrics::counter!("results_published_total", "outcome" => outcome).increment(0);
-    }
-    for name in [
-        "requests_consumed_total",
-        "requests_requeued_total",
-        "results_publish_failures_total",
-        "gateway_retries_total",
-    ] {
-        metrics::counter!(name).increment(0);
-    }
     let gateway = Arc::new(GatewayClient::new(
         &cfg.gateway_url,
         cfg.gateway_timeout,

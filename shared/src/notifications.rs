@@ -18,6 +18,57 @@ pub const PAYMENT_FINALIZED: &str = "payment.finalized";
 pub const WALLET_DEPOSITED: &str = "wallet.deposited";
 pub const PAYMENT_ALERT: &str = "payment.alert";
 
+/// The topic a notification travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// `payment.events`: what happened to money.
+    Events,
+    /// `payment.alerts`: what someone should look at.
+    Alerts,
+}
+
+/// What a notification reports: its fields, its `type` and its topic.
+pub trait Fact: Serialize {
+    const TYPE: &'static str;
+    const STREAM: Stream;
+}
+
+/// The envelope every notification shares; the fact's own fields sit beside these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification<F> {
+    pub event_id: EventId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub wallet_id: WalletId,
+    #[serde(flatten)]
+    pub fact: F,
+}
+
+impl<F: Fact> Notification<F> {
+    /// A new notification with a fresh event id: call once per fact, in the transaction
+    /// that made the fact true.
+    pub fn new(wallet_id: WalletId, occurred_at: DateTime<Utc>, fact: F) -> Self {
+        Self {
+            event_id: EventId::new(),
+            kind: F::TYPE.to_owned(),
+            version: VERSION,
+            occurred_at,
+            wallet_id,
+            fact,
+        }
+    }
+}
+
+/// `payment.finalized`: a payment reached its final status (captured or released).
+pub type PaymentFinalized = Notification<Finalized>;
+/// `wallet.deposited`: funds were credited to a wallet.
+pub type WalletDeposited = Notification<Deposited>;
+/// `payment.alert`: a payment at or above its currency's alert threshold was accepted
+/// (raised when the funds are held, before the gateway decides, so a reviewer hears early).
+pub type PaymentAlert = Notification<LargePayment>;
+
 /// The wallet's balances right after the change the event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalanceAfter {
@@ -25,17 +76,15 @@ pub struct BalanceAfter {
     pub held: i64,
 }
 
-/// A payment reached its final status (captured or released).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PaymentFinalized {
-    pub event_id: EventId,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub version: u32,
-    pub occurred_at: DateTime<Utc>,
-    pub wallet_id: WalletId,
+pub struct Finalized {
     pub payment: FinalizedPayment,
     pub balance: BalanceAfter,
+}
+
+impl Fact for Finalized {
+    const TYPE: &'static str = PAYMENT_FINALIZED;
+    const STREAM: Stream = Stream::Events;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,31 +100,15 @@ pub struct FinalizedPayment {
     pub finalized_at: DateTime<Utc>,
 }
 
-impl PaymentFinalized {
-    pub fn new(wallet_id: WalletId, payment: FinalizedPayment, balance: BalanceAfter) -> Self {
-        Self {
-            event_id: EventId::new(),
-            kind: PAYMENT_FINALIZED.to_owned(),
-            version: VERSION,
-            occurred_at: payment.finalized_at,
-            wallet_id,
-            payment,
-            balance,
-        }
-    }
-}
-
-/// Funds were credited to a wallet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WalletDeposited {
-    pub event_id: EventId,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub version: u32,
-    pub occurred_at: DateTime<Utc>,
-    pub wallet_id: WalletId,
+pub struct Deposited {
     pub deposit: DepositFact,
     pub balance: BalanceAfter,
+}
+
+impl Fact for Deposited {
+    const TYPE: &'static str = WALLET_DEPOSITED;
+    const STREAM: Stream = Stream::Events;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,39 +120,27 @@ pub struct DepositFact {
     pub reference: Option<String>,
 }
 
-impl WalletDeposited {
-    pub fn new(
-        wallet_id: WalletId,
-        occurred_at: DateTime<Utc>,
-        deposit: DepositFact,
-        balance: BalanceAfter,
-    ) -> Self {
-        Self {
-            event_id: EventId::new(),
-            kind: WALLET_DEPOSITED.to_owned(),
-            version: VERSION,
-            occurred_at,
-            wallet_id,
-            deposit,
-            balance,
-        }
-    }
-}
-
-/// A payment at or above its currency's alert threshold was accepted (raised when the
-/// funds are held, before the gateway decides, so a reviewer hears of it early).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PaymentAlert {
-    pub event_id: EventId,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub version: u32,
-    pub occurred_at: DateTime<Utc>,
-    pub wallet_id: WalletId,
+pub struct LargePayment {
     /// Why the alert was raised; `large_payment` is the only reason in version 1.
     pub reason: String,
     pub threshold: Amount,
     pub payment: AlertedPayment,
+}
+
+impl LargePayment {
+    pub fn new(threshold: Amount, payment: AlertedPayment) -> Self {
+        Self {
+            reason: "large_payment".to_owned(),
+            threshold,
+            payment,
+        }
+    }
+}
+
+impl Fact for LargePayment {
+    const TYPE: &'static str = PAYMENT_ALERT;
+    const STREAM: Stream = Stream::Alerts;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,26 +149,6 @@ pub struct AlertedPayment {
     pub amount: Amount,
     pub currency: Currency,
     pub merchant_id: String,
-}
-
-impl PaymentAlert {
-    pub fn large_payment(
-        wallet_id: WalletId,
-        occurred_at: DateTime<Utc>,
-        threshold: Amount,
-        payment: AlertedPayment,
-    ) -> Self {
-        Self {
-            event_id: EventId::new(),
-            kind: PAYMENT_ALERT.to_owned(),
-            version: VERSION,
-            occurred_at,
-            wallet_id,
-            reason: "large_payment".to_owned(),
-            threshold,
-            payment,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -160,20 +161,23 @@ mod tests {
         let now = Utc::now();
         let finalized = PaymentFinalized::new(
             wallet,
-            FinalizedPayment {
-                id: PaymentId::new(),
-                amount: Amount::new(700).unwrap(),
-                currency: "EUR".parse().unwrap(),
-                merchant_id: "m".into(),
-                status: PaymentStatus::Failed,
-                failure_reason: Some(FailureReason::Declined),
-                gateway_reference: None,
-                created_at: now,
-                finalized_at: now,
-            },
-            BalanceAfter {
-                available: 700,
-                held: 0,
+            now,
+            Finalized {
+                payment: FinalizedPayment {
+                    id: PaymentId::new(),
+                    amount: Amount::new(700).unwrap(),
+                    currency: "EUR".parse().unwrap(),
+                    merchant_id: "m".into(),
+                    status: PaymentStatus::Failed,
+                    failure_reason: Some(FailureReason::Declined),
+                    gateway_reference: None,
+                    created_at: now,
+                    finalized_at: now,
+                },
+                balance: BalanceAfter {
+                    available: 700,
+                    held: 0,
+                },
             },
         );
         let json = serde_json::to_value(&finalized).unwrap();
@@ -185,16 +189,18 @@ mod tests {
         let back: PaymentFinalized = serde_json::from_value(json).unwrap();
         assert_eq!(back, finalized);
 
-        let alert = PaymentAlert::large_payment(
+        let alert = PaymentAlert::new(
             wallet,
             now,
-            Amount::new(100).unwrap(),
-            AlertedPayment {
-                id: PaymentId::new(),
-                amount: Amount::new(150).unwrap(),
-                currency: "EUR".parse().unwrap(),
-                merchant_id: "m".into(),
-            },
+            LargePayment::new(
+                Amount::new(100).unwrap(),
+                AlertedPayment {
+                    id: PaymentId::new(),
+                    amount: Amount::new(150).unwrap(),
+                    currency: "EUR".parse().unwrap(),
+                    merchant_id: "m".into(),
+                },
+            ),
         );
         let json = serde_json::to_value(&alert).unwrap();
         assert_eq!(json["type"], "payment.alert");

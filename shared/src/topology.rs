@@ -183,9 +183,7 @@ impl KafkaTopics {
         }
         Ok(())
     }
-}
 
-impl KafkaTopics {
     /// Creates the topics, retrying every second while the broker is away, so a service can
     /// start before Kafka. Returns false when shutdown came first.
     pub async fn create_when_ready(

@@ -9,10 +9,9 @@ use crate::outbox::relay::{self, EventRelay};
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
 use shared::shutdown::Shutdown;
-use shared::topology::{AmqpTopology, KafkaTopics};
+use shared::topology::KafkaTopics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -24,19 +23,21 @@ pub async fn connect_db(cfg: &DbConfig) -> anyhow::Result<PgPool> {
         .database_url
         .parse()
         .context("DATABASE_URL is not a valid URL")?;
-    Ok(PgPoolOptions::new()
-        .max_connections(cfg.db_max_connections)
-        .acquire_timeout(cfg.db_acquire_timeout)
-        .connect_lazy_with(session_options(options)))
+    Ok(pool_with(cfg, options))
 }
 
-/// The session settings every connection of the service runs with: a statement or lock wait
-/// ends in an error (a 503 the client may retry) well before the request deadline, instead of
-/// leaving the statement running after the request was abandoned.
-pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
-    options
+/// The service's pool on `options` (the tests' databases come with their own), sized and
+/// timed by `cfg`, every connection with the service's session settings: a statement or
+/// lock wait ends in an error (a 503 the client may retry) well before the request deadline,
+/// instead of leaving the statement running after the request was abandoned.
+pub fn pool_with(cfg: &DbConfig, options: PgConnectOptions) -> PgPool {
+    let options = options
         .application_name("wallet-service")
-        .options([("statement_timeout", "5000"), ("lock_timeout", "3000")])
+        .options([("statement_timeout", "5000"), ("lock_timeout", "3000")]);
+    PgPoolOptions::new()
+        .max_connections(cfg.db_max_connections)
+        .acquire_timeout(cfg.db_acquire_timeout)
+        .connect_lazy_with(options)
 }
 
 pub fn describe_metrics() {
@@ -102,8 +103,8 @@ pub async fn start(
     start_with_pool(cfg, pool, metrics, shutdown).await
 }
 
-/// Starts the service on an existing pool (tests hand in a fresh database's pool, opened
-/// with [`session_options`]).
+/// Starts the service on an existing pool (tests hand in one from [`pool_with`] on a fresh
+/// database).
 pub async fn start_with_pool(
     cfg: ServeConfig,
     pool: PgPool,
@@ -129,24 +130,19 @@ pub async fn start_with_pool(
     let mut tasks = JoinSet::new();
     let mut health = Health::default();
 
-    if cfg.run_dispatcher {
-        let connected = Arc::new(AtomicBool::new(false));
-        health.amqp = Some(connected.clone());
-        let d = Dispatcher {
-            pool: pool.clone(),
-            amqp_url: cfg.brokers.amqp_url.clone(),
-            topology: AmqpTopology::with_prefix(&prefix),
-            config: cfg.dispatcher.clone(),
-            connected,
-        };
+    // One Kafka producer serves the event relay, the result consumer's dead letters and the
+    // readiness probe.
+    let producer = if cfg.run_dispatcher || cfg.run_finalizer {
+        Some(shared::kafka::producer(&cfg.brokers.kafka_brokers)?)
+    } else {
+        None
+    };
+
+    if let Some(producer) = producer.clone().filter(|_| cfg.run_dispatcher) {
+        let d = Dispatcher::new(pool.clone(), &cfg.brokers, cfg.dispatcher.clone());
+        health.amqp = Some(d.connected.clone());
         tasks.spawn(d.run(shutdown.clone()));
-        let relay = EventRelay {
-            pool: pool.clone(),
-            producer: shared::kafka::producer(&cfg.brokers.kafka_brokers)?,
-            brokers: cfg.brokers.kafka_brokers.clone(),
-            topics: KafkaTopics::with_prefix(&prefix),
-            config: cfg.dispatcher.clone(),
-        };
+        let relay = EventRelay::new(pool.clone(), producer, &cfg.brokers, cfg.dispatcher.clone());
         tasks.spawn(relay.run(shutdown.clone()));
         tasks.spawn(dispatcher::maintain(
             pool.clone(),
@@ -164,12 +160,11 @@ pub async fn start_with_pool(
         tasks.spawn(r.run(shutdown.clone()));
     }
 
-    if cfg.run_finalizer {
+    if let Some(producer) = producer.filter(|_| cfg.run_finalizer) {
         let topics = KafkaTopics::with_prefix(&prefix);
         let brokers = cfg.brokers.kafka_brokers.clone();
         let group = cfg.consumer_group.clone();
         let batch_size = cfg.results_batch_size;
-        let producer = shared::kafka::producer(&brokers)?;
         health.kafka = Some(producer.clone());
         let pool = pool.clone();
         let mut sd = shutdown.clone();

@@ -162,24 +162,21 @@ async fn import_batches(
 ) -> Result<(), ImportError> {
     use sqlx::Connection;
     for batch in records.chunks(BATCH) {
+        // Counted as written; a refused batch rolls back and its counts go with the error.
+        let done = summary.records();
         let mut tx = conn.begin().await?;
-        let mut counted = Summary::default();
         for (line, record) in batch {
-            if let Err(reason) = apply(&mut tx, record, &mut counted).await? {
+            if let Err(reason) = apply(&mut tx, record, summary).await? {
                 return Err(ImportError::Refused {
                     bad: BadLine {
                         line: *line,
                         reason,
                     },
-                    done: summary.records(),
+                    done,
                 });
             }
         }
         tx.commit().await?;
-        summary.wallets_created += counted.wallets_created;
-        summary.wallets_present += counted.wallets_present;
-        summary.deposits_credited += counted.deposits_credited;
-        summary.deposits_present += counted.deposits_present;
         progress.advance(batch.len());
     }
     Ok(())
@@ -189,7 +186,7 @@ async fn import_batches(
 async fn apply(
     conn: &mut PgConnection,
     record: &Record,
-    counted: &mut Summary,
+    summary: &mut Summary,
 ) -> Result<Result<(), String>, sqlx::Error> {
     match record {
         Record::Wallet {
@@ -199,14 +196,14 @@ async fn apply(
         } => {
             let (w, created) = wallets::create_with_id(conn, *id, owner_id, *currency).await?;
             if created {
-                counted.wallets_created += 1;
+                summary.wallets_created += 1;
             } else if w.owner_id != *owner_id || w.currency != *currency {
                 return Ok(Err(format!(
                     "wallet {id} already exists with owner {:?} and currency {}",
                     w.owner_id, w.currency
                 )));
             } else {
-                counted.wallets_present += 1;
+                summary.wallets_present += 1;
             }
         }
         Record::Deposit {
@@ -222,7 +219,7 @@ async fn apply(
                         && existing.amount == amount.minor_units()
                         && existing.reference == *reference
                     {
-                        counted.deposits_present += 1;
+                        summary.deposits_present += 1;
                         Ok(())
                     } else {
                         Err(format!(
@@ -242,7 +239,7 @@ async fn apply(
             )
             .await?;
             match outcome {
-                DepositOutcome::Done(_) => counted.deposits_credited += 1,
+                DepositOutcome::Done(_) => summary.deposits_credited += 1,
                 DepositOutcome::WalletNotFound => {
                     return Ok(Err(format!("wallet {wallet_id} does not exist")))
                 }

@@ -116,20 +116,13 @@ async fn main() -> anyhow::Result<()> {
             let _metrics = shared::telemetry::install_metrics();
             let pool = wallet_service::app::connect_db(&db).await?;
             let shutdown = shared::shutdown::on_signal();
-            let relay = wallet_service::outbox::relay::EventRelay {
-                pool: pool.clone(),
-                producer: shared::kafka::producer(&brokers.kafka_brokers)?,
-                brokers: brokers.kafka_brokers.clone(),
-                topics: shared::topology::KafkaTopics::with_prefix(&brokers.broker_prefix),
-                config: dispatcher.clone(),
-            };
-            let d = wallet_service::outbox::dispatcher::Dispatcher {
-                pool,
-                amqp_url: brokers.amqp_url,
-                topology: shared::topology::AmqpTopology::with_prefix(&brokers.broker_prefix),
-                config: dispatcher,
-                connected: Default::default(),
-            };
+            let relay = wallet_service::outbox::relay::EventRelay::new(
+                pool.clone(),
+                shared::kafka::producer(&brokers.kafka_brokers)?,
+                &brokers,
+                dispatcher.clone(),
+            );
+            let d = wallet_service::outbox::dispatcher::Dispatcher::new(pool, &brokers, dispatcher);
             tokio::join!(d.run(shutdown.clone()), relay.run(shutdown));
             Ok(())
         }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -22,20 +22,16 @@ use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// A gateway of its own, in memory; built field by field, so nothing of the running
+/// system's environment (.run/env) leaks in.
 async fn gateway(latency_ms: u64) -> mock_gateway::Running {
-    let cfg = <mock_gateway::Config as clap::Parser>::parse_from([
-        "mock-gateway",
-        "--bind",
-        "127.0.0.1:0",
-        "--latency-ms",
-        &latency_ms.to_string(),
-        "--seed",
-        "42",
-    ]);
-    // Its own, in-memory record: not the running system's data file from .run/env.
     let cfg = mock_gateway::Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        latency_ms,
+        decline_rate: 0.0,
+        error_rate: 0.0,
+        seed: Some(42),
         data_file: None,
-        ..cfg
     };
     mock_gateway::spawn(cfg).await.expect("gateway starts")
 }
@@ -55,25 +51,19 @@ async fn processor_with(
     timeout_ms: u64,
     attempts: u32,
 ) -> Processor {
-    let cfg = <processor_service::config::Config as clap::Parser>::parse_from([
-        "processor-service",
-        "--bind",
-        "127.0.0.1:0",
-        "--amqp-url",
-        &amqp_url(),
-        "--kafka-brokers",
-        &kafka_brokers(),
-        "--gateway-url",
-        gateway_url,
-        "--gateway-timeout-ms",
-        &timeout_ms.to_string(),
-        "--gateway-attempts",
-        &attempts.to_string(),
-        "--gateway-backoff-ms",
-        "20",
-        "--broker-prefix",
-        prefix,
-    ]);
+    // Field by field, so nothing of the environment leaks in; the rest are the defaults.
+    let cfg = processor_service::config::Config {
+        bind: "127.0.0.1:0".into(),
+        amqp_url: amqp_url(),
+        kafka_brokers: kafka_brokers(),
+        gateway_url: gateway_url.into(),
+        gateway_timeout: Duration::from_millis(timeout_ms),
+        gateway_attempts: attempts,
+        gateway_backoff: Duration::from_millis(20),
+        concurrency: 64,
+        drain_timeout: Duration::from_millis(20_000),
+        broker_prefix: prefix.into(),
+    };
     let (trigger, shutdown) = shared::shutdown::channel();
     let running = processor_service::start(cfg, shared::telemetry::install_metrics(), shutdown)
         .await
@@ -106,18 +96,46 @@ async fn pending_count(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// A channel on a new RabbitMQ connection (kept alongside, so it stays open).
+async fn amqp_channel() -> (Connection, Channel) {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    (conn, channel)
+}
+
+/// Messages ready in `queue`, by a passive declare (which closes the channel if the queue
+/// does not exist).
+async fn queue_len(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}
+
+/// Raw bytes onto the results topic under `key`, as the processor would publish a result.
+async fn send_result(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("delivered");
+}
+
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn payments_flow_from_api_to_finalized_balances(pool: PgPool) {
     let gw = gateway(0).await;
-    let app = spawn(
-        pool.clone(),
-        Opts {
-            dispatcher: true,
-            finalizer: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn(pool.clone(), Opts::pipeline()).await;
     let proc = processor(&app.prefix, &gw.url("")).await;
 
     let wallet = app.create_wallet("alice", "EUR").await;
@@ -130,13 +148,12 @@ async fn payments_flow_from_api_to_finalized_balances(pool: PgPool) {
             1 => ("test_unavailable", 300),
             _ => ("shop", 1_000 + i),
         };
-        let r = app.pay("alice", &wallet, amount, merchant).await;
-        assert_eq!(r.status(), StatusCode::ACCEPTED);
-        let p: Value = r.json().await.unwrap();
+        let (status, id) = app.pay_id("alice", &wallet, amount, merchant).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
         if merchant == "shop" {
             expected_captured += amount;
         }
-        ids.push((p["id"].as_str().unwrap().to_owned(), merchant));
+        ids.push((id, merchant));
     }
     eventually("all payments final", DEADLINE, || async {
         (pending_count(&pool).await == 0).then_some(())
@@ -144,7 +161,7 @@ async fn payments_flow_from_api_to_finalized_balances(pool: PgPool) {
     .await;
 
     for (id, merchant) in &ids {
-        let p = app.payment("alice", &id.to_string()).await;
+        let p = app.payment("alice", id).await;
         let (status, reason) = match *merchant {
             "test_decline" => ("failed", json!("declined")),
             "test_unavailable" => ("failed", json!("gateway_unavailable")),
@@ -201,37 +218,17 @@ async fn duplicate_conflicting_and_poison_results_change_nothing(pool: PgPool) {
     topics.create(&kafka_brokers()).await.unwrap();
     let wallet = app.create_wallet("alice", "EUR").await;
     app.deposit(&wallet, 1_000, "EUR").await;
-    let first: Value = app
-        .pay("alice", &wallet, 400, "m")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let sentinel: Value = app
-        .pay("alice", &wallet, 100, "m")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let pid: PaymentId = first["id"].as_str().unwrap().parse().unwrap();
-    let sentinel_id: PaymentId = sentinel["id"].as_str().unwrap().parse().unwrap();
+    let (_, first) = app.pay_id("alice", &wallet, 400, "m").await;
+    let (_, sentinel) = app.pay_id("alice", &wallet, 100, "m").await;
+    let pid: PaymentId = first.parse().unwrap();
+    let sentinel_id: PaymentId = sentinel.parse().unwrap();
 
     let producer: FutureProducer = shared::kafka::producer(&kafka_brokers()).unwrap();
     // Everything under one key, so it all lands in one partition, in this order.
     let key = pid.to_string();
     let send = |payload: Vec<u8>| {
-        let producer = producer.clone();
-        let topic = topics.results.clone();
-        let key = key.clone();
-        async move {
-            producer
-                .send(
-                    FutureRecord::to(&topic).key(&key).payload(&payload),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("delivered");
-        }
+        let (producer, topic, key) = (&producer, &topics.results, &key);
+        async move { send_result(producer, topic, key, &payload).await }
     };
     let success = PaymentResult::new(
         EventId::new(),
@@ -330,13 +327,11 @@ async fn two_dispatchers_publish_every_row_exactly_once(pool: PgPool) {
     let (trigger, shutdown) = shared::shutdown::channel();
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let d = wallet_service::outbox::dispatcher::Dispatcher {
-            pool: pool.clone(),
-            amqp_url: amqp_url(),
-            topology: topology.clone(),
-            config: serve_config(&app.prefix, true, false).dispatcher,
-            connected: Default::default(),
-        };
+        let d = wallet_service::outbox::dispatcher::Dispatcher::new(
+            pool.clone(),
+            &broker_config(&app.prefix),
+            dispatcher_config(),
+        );
         tasks.push(tokio::spawn(d.run(shutdown.clone())));
     }
     eventually("outbox drained", DEADLINE, || async {
@@ -354,22 +349,8 @@ async fn two_dispatchers_publish_every_row_exactly_once(pool: PgPool) {
         t.await.unwrap();
     }
     // Every row was confirmed before it was marked, so the queue now holds all of them, once.
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let q = channel
-        .queue_declare(
-            topology.queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(q.message_count(), n);
+    let (_conn, channel) = amqp_channel().await;
+    assert_eq!(queue_len(&channel, &topology.queue).await.unwrap(), n);
     let mut seen = std::collections::HashSet::new();
     for _ in 0..n {
         let m = channel
@@ -416,21 +397,10 @@ async fn delete_topology(channel: &lapin::Channel, t: &AmqpTopology) {
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn poison_requests_are_dead_lettered_without_blocking_the_queue(pool: PgPool) {
     let gw = gateway(0).await;
-    let app = spawn(
-        pool.clone(),
-        Opts {
-            dispatcher: true,
-            finalizer: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn(pool.clone(), Opts::pipeline()).await;
     let proc = processor(&app.prefix, &gw.url("")).await;
     let topology = AmqpTopology::with_prefix(&app.prefix);
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+    let (_conn, channel) = amqp_channel().await;
     topology.declare(&channel).await.unwrap();
     for body in [
         &b"not json"[..],
@@ -453,30 +423,13 @@ async fn poison_requests_are_dead_lettered_without_blocking_the_queue(pool: PgPo
     // A good payment behind the poison still goes through.
     let wallet = app.create_wallet("alice", "EUR").await;
     app.deposit(&wallet, 1_000, "EUR").await;
-    let p: Value = app
-        .pay("alice", &wallet, 250, "shop")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = p["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        app.final_status("alice", &id.to_string(), DEADLINE).await,
-        "succeeded"
-    );
+    let (_, id) = app.pay_id("alice", &wallet, 250, "shop").await;
+    assert_eq!(app.final_status("alice", &id, DEADLINE).await, "succeeded");
     let dead = eventually("3 dead letters", DEADLINE, || async {
-        let q = channel
-            .queue_declare(
-                topology.dead_letter_queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let n = queue_len(&channel, &topology.dead_letter_queue)
             .await
             .unwrap();
-        (q.message_count() >= 3).then_some(q.message_count())
+        (n >= 3).then_some(n)
     })
     .await;
     assert_eq!(dead, 3);
@@ -492,25 +445,11 @@ async fn a_gateway_slower_than_the_timeout_never_gets_funds_released(pool: PgPoo
     // the processor cannot void a key in flight, and the payment must stay pending until the
     // charge is known, then succeed. Releasing on timeout here would create money.
     let gw = gateway(1_500).await;
-    let app = spawn(
-        pool.clone(),
-        Opts {
-            dispatcher: true,
-            finalizer: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let app = spawn(pool.clone(), Opts::pipeline()).await;
     let proc = processor_with(&app.prefix, &gw.url(""), 200, 2).await;
     let wallet = app.create_wallet("alice", "EUR").await;
     app.deposit(&wallet, 1_000, "EUR").await;
-    let p: Value = app
-        .pay("alice", &wallet, 400, "shop")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = p["id"].as_str().unwrap().to_owned();
+    let (_, id) = app.pay_id("alice", &wallet, 400, "shop").await;
     let final_status = app.final_status("alice", &id, DEADLINE).await;
     assert_eq!(
         final_status, "succeeded",
@@ -531,44 +470,23 @@ async fn the_reconciler_redrives_a_lost_request_and_it_is_charged_once(pool: PgP
     let app = spawn(
         pool.clone(),
         Opts {
-            dispatcher: true,
-            finalizer: true,
             reconcile_after_secs: 1,
-            ..Default::default()
+            ..Opts::pipeline()
         },
     )
     .await;
     let wallet = app.create_wallet("alice", "EUR").await;
     app.deposit(&wallet, 1_000, "EUR").await;
-    let p: Value = app
-        .pay("alice", &wallet, 300, "shop")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = p["id"].as_str().unwrap().to_owned();
+    let (_, id) = app.pay_id("alice", &wallet, 300, "shop").await;
     // The request is published but nobody consumes it yet: lose it, as a purged queue would.
     let topology = AmqpTopology::with_prefix(&app.prefix);
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+    let (_conn, channel) = amqp_channel().await;
     // Declared here too (idempotent), so the passive look-ups below never hit a missing
     // queue, which would close the channel.
     topology.declare(&channel).await.unwrap();
     eventually("request published", DEADLINE, || async {
-        let q = channel
-            .queue_declare(
-                topology.queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
-        (q.message_count() >= 1).then_some(())
+        let n = queue_len(&channel, &topology.queue).await.ok()?;
+        (n >= 1).then_some(())
     })
     .await;
     channel
@@ -578,10 +496,7 @@ async fn the_reconciler_redrives_a_lost_request_and_it_is_charged_once(pool: PgP
 
     // Past the deadline the reconciler sends it again; now a processor is there.
     let proc = processor(&app.prefix, &gw.url("")).await;
-    assert_eq!(
-        app.final_status("alice", &id.to_string(), DEADLINE).await,
-        "succeeded"
-    );
+    assert_eq!(app.final_status("alice", &id, DEADLINE).await, "succeeded");
     let redrives: i32 =
         sqlx::query_scalar("SELECT redrive_count FROM payments WHERE id = $1::uuid")
             .bind(&id)
@@ -663,15 +578,13 @@ async fn every_fact_yields_one_event_through_relay_crashes_and_duplicate_results
         let reason = (outcome == Outcome::Failed).then_some(FailureReason::Declined);
         let r = PaymentResult::new(EventId::new(), pid, outcome, reason, None);
         injected.push(r.event_id.0);
-        producer
-            .send(
-                FutureRecord::to(&topics.results)
-                    .key(first)
-                    .payload(&serde_json::to_vec(&r).unwrap()),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("delivered");
+        send_result(
+            &producer,
+            &topics.results,
+            first,
+            &serde_json::to_vec(&r).unwrap(),
+        )
+        .await;
     }
     for (owner, id) in &accepted {
         api.final_status(owner, id, DEADLINE).await;
@@ -814,9 +727,8 @@ async fn traffic(
             1 => (700, "test_decline"),
             _ => (1_000 + round * 100 + i, "shop"),
         };
-        let r = api.pay(owner, wallet, amount, merchant).await;
-        assert_eq!(r.status(), StatusCode::ACCEPTED);
-        let p: Value = r.json().await.unwrap();
-        accepted.push((owner.to_string(), p["id"].as_str().unwrap().to_owned()));
+        let (status, id) = api.pay_id(owner, wallet, amount, merchant).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        accepted.push((owner.to_string(), id));
     }
 }

@@ -26,33 +26,17 @@ async fn finalize(pool: &PgPool, id: &str, outcome: Outcome) {
     tx.commit().await.unwrap();
 }
 
-async fn pay_id(app: &TestApp, owner: &str, wallet: &str, amount: i64) -> String {
-    let r = app.pay(owner, wallet, amount, "shop").await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+/// A payment at "shop", which must be accepted; its id.
+async fn accepted(app: &TestApp, owner: &str, wallet: &str, amount: i64) -> String {
+    let (status, id) = app.pay_id(owner, wallet, amount, "shop").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    id
 }
 
 /// Every entry of the wallet through the paginated API, newest first.
 async fn all_entries(app: &TestApp, owner: &str, wallet: &str, query: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = format!("/v1/wallets/{wallet}/transactions?limit=3{query}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let r = app.get(&path, &token(owner)).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        let page: Value = r.json().await.unwrap();
-        out.extend(page["data"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return out,
-        }
-    }
+    let path = format!("/v1/wallets/{wallet}/transactions?limit=3{query}");
+    app.all_pages(owner, &path, true).await
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -78,23 +62,33 @@ async fn the_summary_agrees_with_the_ledger_over_any_window(pool: PgPool) {
     let app = spawn(pool.clone(), Opts::default()).await;
     let wallet = app.create_wallet("alice", "EUR").await;
     app.deposit(&wallet, 50_000, "EUR").await;
-    let a = pay_id(&app, "alice", &wallet, 1_000).await;
-    let b = pay_id(&app, "alice", &wallet, 2_500).await;
+    let a = accepted(&app, "alice", &wallet, 1_000).await;
+    let b = accepted(&app, "alice", &wallet, 2_500).await;
     let mid = Utc::now();
     app.deposit(&wallet, 7_000, "EUR").await;
-    let c = pay_id(&app, "alice", &wallet, 300).await;
-    let _d = pay_id(&app, "alice", &wallet, 4_200).await; // stays pending
+    let c = accepted(&app, "alice", &wallet, 300).await;
+    let _d = accepted(&app, "alice", &wallet, 4_200).await; // stays pending
     finalize(&pool, &a, Outcome::Succeeded).await;
     finalize(&pool, &b, Outcome::Failed).await;
     finalize(&pool, &c, Outcome::Succeeded).await;
 
+    // The summary of alice's wallet; `query` is empty or starts with `?`.
+    let summary = |query: String| {
+        let (app, wallet) = (&app, &wallet);
+        async move {
+            app.get(
+                &format!("/v1/wallets/{wallet}/summary{query}"),
+                &token("alice"),
+            )
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()
+        }
+    };
+
     // The whole life of the wallet.
-    let s: Value = app
-        .get(&format!("/v1/wallets/{wallet}/summary"), &token("alice"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let s = summary(String::new()).await;
     let entries = all_entries(&app, "alice", &wallet, "").await;
     assert_eq!(s["wallet_id"], wallet.as_str());
     assert_eq!(s["currency"], "EUR");
@@ -116,15 +110,7 @@ async fn the_summary_agrees_with_the_ledger_over_any_window(pool: PgPool) {
 
     // Only the first half: a and b were placed before `mid`; their outcomes came later,
     // so within [.., mid) they are pending, and nothing was captured or released yet.
-    let s: Value = app
-        .get(
-            &format!("/v1/wallets/{wallet}/summary?to={}", rfc3339(mid)),
-            &token("alice"),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let s = summary(format!("?to={}", rfc3339(mid))).await;
     assert_eq!(pair(&s["deposits"]), (1, 50_000));
     assert_eq!(pair(&s["pending"]), (2, 3_500));
     assert_eq!(pair(&s["captured"]), (0, 0));
@@ -136,15 +122,7 @@ async fn the_summary_agrees_with_the_ledger_over_any_window(pool: PgPool) {
 
     // The second half, from the ledger's own entries.
     let late = all_entries(&app, "alice", &wallet, &format!("&from={}", rfc3339(mid))).await;
-    let s: Value = app
-        .get(
-            &format!("/v1/wallets/{wallet}/summary?from={}", rfc3339(mid)),
-            &token("alice"),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let s = summary(format!("?from={}", rfc3339(mid))).await;
     for (field, kind) in [
         ("deposits", "deposit"),
         ("captured", "capture"),
@@ -159,19 +137,7 @@ async fn the_summary_agrees_with_the_ledger_over_any_window(pool: PgPool) {
         mid - chrono::Duration::days(2),
         mid - chrono::Duration::days(1),
     );
-    let s: Value = app
-        .get(
-            &format!(
-                "/v1/wallets/{wallet}/summary?from={}&to={}",
-                rfc3339(from),
-                rfc3339(to)
-            ),
-            &token("alice"),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let s = summary(format!("?from={}&to={}", rfc3339(from), rfc3339(to))).await;
     for field in ["deposits", "captured", "released", "pending"] {
         assert_eq!(pair(&s[field]), (0, 0), "{field}");
     }
@@ -216,11 +182,11 @@ async fn filters_narrow_lists_and_cursors_stay_stable_while_rows_arrive(pool: Pg
     app.deposit(&wallet, 1_000_000, "EUR").await;
     let mut ids = Vec::new();
     for i in 0..8 {
-        ids.push(pay_id(&app, "alice", &wallet, 100 + i).await);
+        ids.push(accepted(&app, "alice", &wallet, 100 + i).await);
     }
     let mid = Utc::now();
     for i in 0..4 {
-        ids.push(pay_id(&app, "alice", &wallet, 200 + i).await);
+        ids.push(accepted(&app, "alice", &wallet, 200 + i).await);
     }
     for id in &ids[..3] {
         finalize(&pool, id, Outcome::Succeeded).await;
@@ -290,7 +256,7 @@ async fn filters_narrow_lists_and_cursors_stay_stable_while_rows_arrive(pool: Pg
     let mut page = list("limit=5".into()).await;
     loop {
         seen.extend(ids_of(&page));
-        pay_id(&app, "alice", &wallet, 999).await; // a new row between pages
+        accepted(&app, "alice", &wallet, 999).await; // a new row between pages
         match page["next_cursor"].as_str() {
             Some(c) => page = list(format!("limit=5&cursor={c}")).await,
             None => break,
@@ -313,7 +279,7 @@ async fn filters_narrow_lists_and_cursors_stay_stable_while_rows_arrive(pool: Pg
                 .iter()
                 .map(|e| e["id"].clone()),
         );
-        pay_id(&app, "alice", &wallet, 999).await;
+        accepted(&app, "alice", &wallet, 999).await;
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,

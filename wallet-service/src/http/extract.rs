@@ -1,15 +1,18 @@
 //! Request extractors that answer in the project's error format: the principal, the
 //! idempotency key and a JSON body whose fields are checked one by one, so a client learns
-//! exactly which field is wrong and whether it was the type (400) or the value (422).
+//! exactly which field is wrong and whether it was the type (400) or the value (422); and
+//! the list routes' query parameters.
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::auth::{AuthError, Principal};
+use crate::store::window::Window;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde_json::{Map, Value};
 use shared::money::{Amount, Currency, MAX_AMOUNT};
+use std::collections::HashMap;
 
 /// The authenticated caller.
 pub struct Auth(pub Principal);
@@ -188,4 +191,30 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
             .map(|axum::extract::Path(id)| Self(id))
             .map_err(|_| ApiError::RouteNotFound)
     }
+}
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+
+/// The `limit` query parameter of the list routes.
+pub fn parse_limit(q: &HashMap<String, String>) -> ApiResult<i64> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::Validation(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))
+            }),
+    }
+}
+
+/// The `from`/`to` query parameters (RFC 3339, `[from, to)`).
+pub fn parse_window(q: &HashMap<String, String>) -> ApiResult<Window> {
+    Window::parse(
+        q.get("from").map(String::as_str),
+        q.get("to").map(String::as_str),
+    )
+    .map_err(|e| ApiError::Validation(e.to_string()))
 }

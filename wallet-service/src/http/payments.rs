@@ -1,12 +1,11 @@
 //! `/v1/payments` routes.
 
 use super::error::{json_response, ApiError, ApiResult};
-use super::extract::{Auth, Fields, IdempotencyKey, JsonObject, PathId};
+use super::extract::{parse_limit, parse_window, Auth, Fields, IdempotencyKey, JsonObject, PathId};
 use super::guard::{Guard, Started};
 use super::AppState;
 use crate::store::cursor::TimeCursor;
 use crate::store::payments::{self, AcceptOutcome, ListFilter, NewPayment};
-use crate::store::window::Window;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
@@ -14,31 +13,6 @@ use serde_json::json;
 use shared::ids::{PaymentId, WalletId};
 use shared::status::PaymentStatus;
 use std::collections::HashMap;
-
-pub const DEFAULT_LIMIT: i64 = 20;
-pub const MAX_LIMIT: i64 = 100;
-
-pub fn parse_limit(q: &HashMap<String, String>) -> ApiResult<i64> {
-    match q.get("limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                ApiError::Validation(format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))
-            }),
-    }
-}
-
-/// The `from`/`to` query parameters (RFC 3339, `[from, to)`).
-pub fn parse_window(q: &HashMap<String, String>) -> ApiResult<Window> {
-    Window::parse(
-        q.get("from").map(String::as_str),
-        q.get("to").map(String::as_str),
-    )
-    .map_err(|e| ApiError::Validation(e.to_string()))
-}
 
 pub async fn create(
     State(state): State<AppState>,

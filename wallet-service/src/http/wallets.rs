@@ -1,9 +1,10 @@
 //! `/v1/wallets` routes.
 
 use super::error::{json_response, ApiError, ApiResult};
-use super::extract::{Auth, Fields, JsonObject, MaybeIdempotencyKey, PathId};
+use super::extract::{
+    parse_limit, parse_window, Auth, Fields, JsonObject, MaybeIdempotencyKey, PathId,
+};
 use super::guard::{Guard, Started};
-use super::payments::parse_window;
 use super::AppState;
 use crate::auth::Principal;
 use crate::store::ledger::{EntryKind, PageFilter};
@@ -13,14 +14,18 @@ use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde_json::json;
 use shared::ids::WalletId;
+use sqlx::PgConnection;
 use std::collections::HashMap;
 
 /// Loads a wallet the principal may read; anything else is "not found", so ids of other
 /// principals' wallets do not leak.
-async fn visible_wallet(state: &AppState, p: &Principal, id: &str) -> ApiResult<wallets::Wallet> {
+async fn visible_wallet(
+    conn: &mut PgConnection,
+    p: &Principal,
+    id: &str,
+) -> ApiResult<wallets::Wallet> {
     let id: WalletId = id.parse().map_err(|_| ApiError::WalletNotFound)?;
-    let mut conn = state.db.acquire().await?;
-    match wallets::get(&mut conn, id).await? {
+    match wallets::get(conn, id).await? {
         Some(w) if p.can_read(&w.owner_id) => Ok(w),
         _ => Err(ApiError::WalletNotFound),
     }
@@ -65,7 +70,7 @@ pub async fn get(
     Auth(p): Auth,
     PathId(id): PathId,
 ) -> ApiResult<Response> {
-    let wallet = visible_wallet(&state, &p, &id).await?;
+    let wallet = visible_wallet(&mut *state.db.acquire().await?, &p, &id).await?;
     Ok(json_response(StatusCode::OK, &json!(wallet)))
 }
 
@@ -74,7 +79,7 @@ pub async fn balance(
     Auth(p): Auth,
     PathId(id): PathId,
 ) -> ApiResult<Response> {
-    let w = visible_wallet(&state, &p, &id).await?;
+    let w = visible_wallet(&mut *state.db.acquire().await?, &p, &id).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -136,8 +141,9 @@ pub async fn transactions(
     PathId(id): PathId,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let wallet = visible_wallet(&state, &p, &id).await?;
-    let limit = super::payments::parse_limit(&q)?;
+    let mut conn = state.db.acquire().await?;
+    let wallet = visible_wallet(&mut conn, &p, &id).await?;
+    let limit = parse_limit(&q)?;
     let before = match q.get("cursor") {
         None => None,
         Some(c) => Some(
@@ -160,7 +166,6 @@ pub async fn transactions(
         before,
         limit: limit + 1,
     };
-    let mut conn = state.db.acquire().await?;
     let mut entries = ledger::page(&mut conn, &filter).await?;
     let next = (entries.len() as i64 > limit).then(|| {
         entries.truncate(limit as usize);
@@ -180,7 +185,8 @@ pub async fn summary(
     PathId(id): PathId,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    let wallet = visible_wallet(&state, &p, &id).await?;
+    let mut conn = state.db.acquire().await?;
+    let wallet = visible_wallet(&mut conn, &p, &id).await?;
     let window = parse_window(&q)?;
     let from = window.from.unwrap_or(wallet.created_at);
     let to = window.to.unwrap_or_else(chrono::Utc::now);
@@ -189,7 +195,6 @@ pub async fn summary(
             "`from` must be earlier than `to`".into(),
         ));
     }
-    let mut conn = state.db.acquire().await?;
     let t = summary::totals(&mut conn, WalletId(wallet.id), from, to).await?;
     Ok(json_response(
         StatusCode::OK,

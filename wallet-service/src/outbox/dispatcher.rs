@@ -6,14 +6,13 @@
 //! holds the claim. A crash before that commit leaves the rows unpublished: they are sent
 //! again (at-least-once) and the consumers deduplicate.
 
-use crate::config::DispatcherConfig;
-use crate::outbox::{self, NOTIFY_CHANNEL};
+use crate::config::{BrokerConfig, DispatcherConfig};
+use crate::outbox::{self, Wakeup};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shared::backoff::Backoff;
 use shared::shutdown::Shutdown;
 use shared::topology::{self, AmqpTopology};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,6 +62,16 @@ pub fn describe_metrics() {
 }
 
 impl Dispatcher {
+    pub fn new(pool: PgPool, brokers: &BrokerConfig, config: DispatcherConfig) -> Self {
+        Self {
+            pool,
+            amqp_url: brokers.amqp_url.clone(),
+            topology: AmqpTopology::with_prefix(&brokers.broker_prefix),
+            config,
+            connected: Default::default(),
+        }
+    }
+
     /// Runs until shutdown, reconnecting to RabbitMQ and PostgreSQL as needed.
     pub async fn run(self, mut shutdown: Shutdown) {
         let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -109,16 +118,10 @@ impl Dispatcher {
 
     /// Publishes batches until shutdown (Ok) or a broker failure (Err).
     async fn relay(&self, channel: &Channel, shutdown: &mut Shutdown) -> anyhow::Result<()> {
-        let mut listener = None;
+        let mut wakeup = Wakeup::new(self.pool.clone(), self.config.outbox_poll_interval);
         let db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut db_failures = 0;
-        loop {
-            if shutdown.is_triggered() {
-                return Ok(());
-            }
-            if listener.is_none() {
-                listener = self.listen().await;
-            }
+        while !shutdown.is_triggered() {
             match self.publish_batch(channel).await {
                 Ok(n) => {
                     db_failures = 0;
@@ -129,7 +132,7 @@ impl Dispatcher {
                 Err(BatchError::Broker(e)) => return Err(e.into()),
                 Err(BatchError::Db(e)) => {
                     tracing::warn!(error = %e, "outbox dispatcher cannot read the outbox; retrying");
-                    listener = None;
+                    wakeup.reset();
                     let delay = db_backoff.delay(db_failures);
                     db_failures += 1;
                     tokio::select! {
@@ -139,29 +142,14 @@ impl Dispatcher {
                     continue;
                 }
             }
-            // Wait for a notification, the poll interval, or shutdown.
-            let poll = tokio::time::sleep(self.config.outbox_poll_interval);
-            match listener.as_mut() {
-                Some(l) => tokio::select! {
-                    n = l.recv() => if n.is_err() { listener = None },
-                    _ = poll => {}
-                    _ = shutdown.wait() => return Ok(()),
-                },
-                None => tokio::select! {
-                    _ = poll => {}
-                    _ = shutdown.wait() => return Ok(()),
-                },
+            if !wakeup.wait(shutdown).await {
+                return Ok(());
             }
             if !channel.status().connected() {
                 return Err(anyhow::anyhow!("channel closed"));
             }
         }
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut l = PgListener::connect_with(&self.pool).await.ok()?;
-        l.listen(NOTIFY_CHANNEL).await.ok()?;
-        Some(l)
+        Ok(())
     }
 
     /// Claims, publishes and marks one batch. Returns how many rows were claimed.

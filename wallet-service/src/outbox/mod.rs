@@ -7,12 +7,64 @@ pub mod relay;
 
 use serde::Serialize;
 use shared::events::PaymentRequested;
-use shared::notifications::{PaymentAlert, PaymentFinalized, WalletDeposited};
+use shared::notifications::{Fact, Notification, Stream};
+use shared::shutdown::Shutdown;
+use sqlx::postgres::PgListener;
 use sqlx::PgConnection;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// The `LISTEN`/`NOTIFY` channel that wakes the relays.
 pub const NOTIFY_CHANNEL: &str = "outbox";
+
+/// What a relay waits on between batches: a `NOTIFY` on [`NOTIFY_CHANNEL`] (sent with every
+/// outbox row), the poll interval (the fallback while the listener is down or a notification
+/// was missed), or shutdown.
+pub struct Wakeup {
+    pool: sqlx::PgPool,
+    interval: Duration,
+    listener: Option<PgListener>,
+}
+
+impl Wakeup {
+    pub fn new(pool: sqlx::PgPool, interval: Duration) -> Self {
+        Self {
+            pool,
+            interval,
+            listener: None,
+        }
+    }
+
+    /// Returns when there may be new rows (true) or on shutdown (false). Without a listener
+    /// it connects one and returns at once, since rows may have arrived unannounced.
+    pub async fn wait(&mut self, shutdown: &mut Shutdown) -> bool {
+        let Some(listener) = self.listener.as_mut() else {
+            self.listener = listen(&self.pool).await;
+            return !shutdown.is_triggered();
+        };
+        tokio::select! {
+            n = listener.recv() => {
+                if n.is_err() {
+                    self.listener = None;
+                }
+                true
+            }
+            _ = tokio::time::sleep(self.interval) => true,
+            _ = shutdown.wait() => false,
+        }
+    }
+
+    /// Drops the listener after a database error; the next [`Wakeup::wait`] reconnects.
+    pub fn reset(&mut self) {
+        self.listener = None;
+    }
+}
+
+async fn listen(pool: &sqlx::PgPool) -> Option<PgListener> {
+    let mut l = PgListener::connect_with(pool).await.ok()?;
+    l.listen(NOTIFY_CHANNEL).await.ok()?;
+    Some(l)
+}
 
 /// Where an outbox row is relayed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,56 +139,26 @@ pub async fn enqueue(
     .await
 }
 
-pub async fn enqueue_finalized(
+/// Writes a notification for other systems (`payment.finalized`, `wallet.deposited`,
+/// `payment.alert`) for the Kafka relay, keyed by its wallet.
+pub async fn enqueue_notification<F: Fact>(
     conn: &mut PgConnection,
-    event: &PaymentFinalized,
+    notification: &Notification<F>,
+    traceparent: Option<&str>,
 ) -> Result<(), sqlx::Error> {
+    let channel = match F::STREAM {
+        Stream::Events => Channel::Events,
+        Stream::Alerts => Channel::Alerts,
+    };
     write(
         conn,
         Row {
-            channel: Channel::Events,
-            id: event.event_id.0,
-            aggregate_id: event.wallet_id.0,
-            kind: &event.kind,
-            event,
-            traceparent: None,
-        },
-    )
-    .await
-}
-
-pub async fn enqueue_deposited(
-    conn: &mut PgConnection,
-    event: &WalletDeposited,
-) -> Result<(), sqlx::Error> {
-    write(
-        conn,
-        Row {
-            channel: Channel::Events,
-            id: event.event_id.0,
-            aggregate_id: event.wallet_id.0,
-            kind: &event.kind,
-            event,
-            traceparent: None,
-        },
-    )
-    .await
-}
-
-pub async fn enqueue_alert(
-    conn: &mut PgConnection,
-    event: &PaymentAlert,
-    traceparent: &str,
-) -> Result<(), sqlx::Error> {
-    write(
-        conn,
-        Row {
-            channel: Channel::Alerts,
-            id: event.event_id.0,
-            aggregate_id: event.wallet_id.0,
-            kind: &event.kind,
-            event,
-            traceparent: Some(traceparent),
+            channel,
+            id: notification.event_id.0,
+            aggregate_id: notification.wallet_id.0,
+            kind: &notification.kind,
+            event: notification,
+            traceparent,
         },
     )
     .await

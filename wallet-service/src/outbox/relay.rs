@@ -7,13 +7,12 @@
 //! and in the transaction holding the claim; a crash in between sends it again, with the same
 //! `event_id`, which is what consumers dedupe on.
 
-use crate::config::DispatcherConfig;
-use crate::outbox::NOTIFY_CHANNEL;
+use crate::config::{BrokerConfig, DispatcherConfig};
+use crate::outbox::Wakeup;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
 use shared::shutdown::Shutdown;
 use shared::topology::KafkaTopics;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -56,6 +55,21 @@ type Claimed = (
 );
 
 impl EventRelay {
+    pub fn new(
+        pool: PgPool,
+        producer: FutureProducer,
+        brokers: &BrokerConfig,
+        config: DispatcherConfig,
+    ) -> Self {
+        Self {
+            pool,
+            producer,
+            brokers: brokers.kafka_brokers.clone(),
+            topics: KafkaTopics::with_prefix(&brokers.broker_prefix),
+            config,
+        }
+    }
+
     pub async fn run(self, mut shutdown: Shutdown) {
         if !self
             .topics
@@ -67,14 +81,8 @@ impl EventRelay {
         tracing::info!(events = %self.topics.events, alerts = %self.topics.alerts, "event relay started");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failures = 0;
-        let mut listener: Option<PgListener> = None;
-        loop {
-            if shutdown.is_triggered() {
-                break;
-            }
-            if listener.is_none() {
-                listener = self.listen().await;
-            }
+        let mut wakeup = Wakeup::new(self.pool.clone(), self.config.outbox_poll_interval);
+        while !shutdown.is_triggered() {
             match self.publish_batch().await {
                 Ok(n) => {
                     failures = 0;
@@ -84,7 +92,7 @@ impl EventRelay {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, attempt = failures, "relaying events to Kafka failed; will retry");
-                    listener = None;
+                    wakeup.reset();
                     let delay = backoff.delay(failures);
                     failures += 1;
                     tokio::select! {
@@ -93,26 +101,11 @@ impl EventRelay {
                     }
                 }
             }
-            let poll = tokio::time::sleep(self.config.outbox_poll_interval);
-            match listener.as_mut() {
-                Some(l) => tokio::select! {
-                    n = l.recv() => if n.is_err() { listener = None },
-                    _ = poll => {}
-                    _ = shutdown.wait() => break,
-                },
-                None => tokio::select! {
-                    _ = poll => {}
-                    _ = shutdown.wait() => break,
-                },
+            if !wakeup.wait(&mut shutdown).await {
+                break;
             }
         }
         tracing::info!("event relay stopped");
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut l = PgListener::connect_with(&self.pool).await.ok()?;
-        l.listen(NOTIFY_CHANNEL).await.ok()?;
-        Some(l)
     }
 
     fn topic(&self, channel: &str) -> &str {

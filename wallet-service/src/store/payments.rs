@@ -10,7 +10,8 @@ use shared::events::{PaymentRequested, RequestedPayment};
 use shared::ids::{EventId, PaymentId, WalletId};
 use shared::money::{Amount, Currency};
 use shared::notifications::{
-    AlertedPayment, BalanceAfter, FinalizedPayment, PaymentAlert, PaymentFinalized,
+    AlertedPayment, BalanceAfter, Finalized, FinalizedPayment, LargePayment, PaymentAlert,
+    PaymentFinalized,
 };
 use shared::status::{FailureReason, Outcome, PaymentStatus};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
@@ -151,18 +152,20 @@ pub async fn accept(
     );
     outbox::enqueue(&mut *conn, &event, traceparent).await?;
     if let Some(threshold) = new.alert_threshold.filter(|t| new.amount >= *t) {
-        let alert = PaymentAlert::large_payment(
+        let alert = PaymentAlert::new(
             new.wallet_id,
             payment.created_at,
-            threshold,
-            AlertedPayment {
-                id: payment_id,
-                amount: new.amount,
-                currency: new.currency,
-                merchant_id: new.merchant_id.to_owned(),
-            },
+            LargePayment::new(
+                threshold,
+                AlertedPayment {
+                    id: payment_id,
+                    amount: new.amount,
+                    currency: new.currency,
+                    merchant_id: new.merchant_id.to_owned(),
+                },
+            ),
         );
-        outbox::enqueue_alert(&mut *conn, &alert, traceparent).await?;
+        outbox::enqueue_notification(&mut *conn, &alert, Some(traceparent)).await?;
     }
     Ok(AcceptOutcome::Accepted(payment))
 }
@@ -366,23 +369,26 @@ pub async fn finalize(
     .await?;
     let event = PaymentFinalized::new(
         WalletId(wallet_id),
-        FinalizedPayment {
-            id: payment_id,
-            amount,
-            currency,
-            merchant_id,
-            status,
-            failure_reason,
-            gateway_reference: gateway_reference.map(str::to_owned),
-            created_at,
-            finalized_at,
-        },
-        BalanceAfter {
-            available: available_after,
-            held: held_after,
+        finalized_at,
+        Finalized {
+            payment: FinalizedPayment {
+                id: payment_id,
+                amount,
+                currency,
+                merchant_id,
+                status,
+                failure_reason,
+                gateway_reference: gateway_reference.map(str::to_owned),
+                created_at,
+                finalized_at,
+            },
+            balance: BalanceAfter {
+                available: available_after,
+                held: held_after,
+            },
         },
     );
-    outbox::enqueue_finalized(conn, &event).await?;
+    outbox::enqueue_notification(conn, &event, None).await?;
     Ok(Applied::Finalized {
         status,
         pending_for: finalized_at - created_at,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared::ids::WalletId;
 use shared::money::{Amount, Currency};
-use shared::notifications::{BalanceAfter, DepositFact, WalletDeposited};
+use shared::notifications::{BalanceAfter, DepositFact, Deposited, WalletDeposited};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -143,15 +143,17 @@ pub async fn deposit(
     let event = WalletDeposited::new(
         wallet_id,
         entry.created_at,
-        DepositFact {
-            id: entry.id,
-            amount,
-            currency,
-            reference: reference.map(str::to_owned),
+        Deposited {
+            deposit: DepositFact {
+                id: entry.id,
+                amount,
+                currency,
+                reference: reference.map(str::to_owned),
+            },
+            balance: BalanceAfter { available, held },
         },
-        BalanceAfter { available, held },
     );
-    crate::outbox::enqueue_deposited(&mut *conn, &event).await?;
+    crate::outbox::enqueue_notification(&mut *conn, &event, None).await?;
     Ok(DepositOutcome::Done(Deposit {
         id: entry.id,
         wallet_id: wallet_id.0,

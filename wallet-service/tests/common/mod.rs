@@ -48,6 +48,17 @@ impl Default for Opts {
     }
 }
 
+impl Opts {
+    /// The whole pipeline in the instance: outbox dispatcher and result consumer.
+    pub fn pipeline() -> Self {
+        Self {
+            dispatcher: true,
+            finalizer: true,
+            ..Default::default()
+        }
+    }
+}
+
 pub struct TestApp {
     pub url: String,
     pub http: Client,
@@ -57,53 +68,54 @@ pub struct TestApp {
     running: Option<wallet_service::app::Running>,
 }
 
-pub fn serve_config(prefix: &str, dispatcher: bool, finalizer: bool) -> ServeConfig {
+/// The local brokers, with this test's prefix on every exchange, queue and topic.
+pub fn broker_config(prefix: &str) -> BrokerConfig {
+    BrokerConfig {
+        amqp_url: amqp_url(),
+        kafka_brokers: kafka_brokers(),
+        broker_prefix: prefix.into(),
+    }
+}
+
+/// The outbox dispatcher's settings in tests.
+pub fn dispatcher_config() -> DispatcherConfig {
+    DispatcherConfig {
+        outbox_batch_size: 50,
+        outbox_poll_interval: Duration::from_millis(500),
+        outbox_retention_secs: 3600,
+    }
+}
+
+pub fn serve_config(opts: &Opts) -> ServeConfig {
     ServeConfig {
         bind: "127.0.0.1:0".into(),
         jwt_secret: SECRET.parse().unwrap(),
-        request_timeout: Duration::from_secs(10),
-        consumer_group: format!("{prefix}wallet-service"),
+        request_timeout: opts.request_timeout,
+        consumer_group: format!("{}wallet-service", opts.prefix),
         results_batch_size: 64,
-        run_dispatcher: dispatcher,
-        run_finalizer: finalizer,
-        reconcile_after_secs: 0,
-        rate_limit_per_sec: 0,
-        rate_limit_burst: 0,
+        run_dispatcher: opts.dispatcher,
+        run_finalizer: opts.finalizer,
+        reconcile_after_secs: opts.reconcile_after_secs,
+        rate_limit_per_sec: opts.rate_limit.0,
+        rate_limit_burst: opts.rate_limit.1,
         alert_thresholds: wallet_service::alerts::AlertThresholds::parse(ALERT_THRESHOLDS).unwrap(),
         db: DbConfig {
             database_url: String::new(),
             db_max_connections: 10,
             db_acquire_timeout: Duration::from_secs(3),
         },
-        brokers: BrokerConfig {
-            amqp_url: amqp_url(),
-            kafka_brokers: kafka_brokers(),
-            broker_prefix: prefix.into(),
-        },
-        dispatcher: DispatcherConfig {
-            outbox_batch_size: 50,
-            outbox_poll_interval: Duration::from_millis(500),
-            outbox_retention_secs: 3600,
-        },
+        brokers: broker_config(&opts.prefix),
+        dispatcher: dispatcher_config(),
     }
 }
 
 pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
-    let mut cfg = serve_config(&opts.prefix, opts.dispatcher, opts.finalizer);
-    cfg.reconcile_after_secs = opts.reconcile_after_secs;
-    cfg.rate_limit_per_sec = opts.rate_limit.0;
-    cfg.rate_limit_burst = opts.rate_limit.1;
-    cfg.request_timeout = opts.request_timeout;
+    let cfg = serve_config(&opts);
     let (trigger, shutdown) = shared::shutdown::channel();
     let metrics = shared::telemetry::install_metrics();
     // The service's own pool on the test database, with the session settings it runs with
     // in production (lock and statement timeouts); `pool` stays the test's view.
-    let service_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(cfg.db.db_max_connections)
-        .acquire_timeout(cfg.db.db_acquire_timeout)
-        .connect_lazy_with(wallet_service::app::session_options(
-            (*pool.connect_options()).clone(),
-        ));
+    let service_pool = wallet_service::app::pool_with(&cfg.db, (*pool.connect_options()).clone());
     let running = wallet_service::app::start_with_pool(cfg, service_pool, metrics, shutdown)
         .await
         .expect("app starts");
@@ -231,6 +243,49 @@ impl TestApp {
             &json!({"wallet_id": wallet, "amount": amount, "currency": "EUR", "merchant_id": merchant}),
         )
         .await
+    }
+
+    /// Pays as [`TestApp::pay`] and takes the payment's id from the answer, with the status
+    /// for the caller to check.
+    pub async fn pay_id(
+        &self,
+        owner: &str,
+        wallet: &str,
+        amount: i64,
+        merchant: &str,
+    ) -> (StatusCode, String) {
+        let r = self.pay(owner, wallet, amount, merchant).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        let id = body["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no payment id in the {status} answer: {body}"))
+            .to_owned();
+        (status, id)
+    }
+
+    /// Every item of a cursor-paginated list: `path` (with its query, without a cursor)
+    /// and then each `next_cursor`, in order. With `expect_ok`, every page must answer 200.
+    pub async fn all_pages(&self, owner: &str, path: &str, expect_ok: bool) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page_path = match &cursor {
+                Some(c) => format!("{path}{sep}cursor={c}"),
+                None => path.to_owned(),
+            };
+            let r = self.get(&page_path, &token(owner)).await;
+            if expect_ok {
+                assert_eq!(r.status(), StatusCode::OK);
+            }
+            let page: Value = r.json().await.unwrap();
+            out.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return out,
+            }
+        }
     }
 }
 
