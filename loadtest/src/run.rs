@@ -456,7 +456,7 @@ impl Ctx {
         let d = now - intended.min(sent);
         let mut rec = lock(&self.rec);
         rec.latency("read", d);
-        rec.latency(kind, d);
+        rec.also(kind, d);
         rec.reads += 1;
         let problem = match &r {
             Ok(reply) if reply.status == StatusCode::OK => None,
