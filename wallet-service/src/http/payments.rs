@@ -45,6 +45,9 @@ pub async fn create(
         match payments::accept(guard.conn(), new, p.admin, &traceparent).await? {
             AcceptOutcome::Accepted(payment) => {
                 tracing::info!(payment_id = %payment.id, %wallet_id, amount = %amount, %currency, merchant_id, traceparent, "payment accepted; funds held");
+                if let Some(threshold) = alert_threshold.filter(|t| amount >= *t) {
+                    tracing::warn!(payment_id = %payment.id, %wallet_id, amount = %amount, threshold = %threshold, %currency, "large payment: payment.alert raised");
+                }
                 metrics::counter!("payments_accepted_total").increment(1);
                 Ok((StatusCode::ACCEPTED, json!(payment)))
             }
