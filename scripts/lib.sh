@@ -9,7 +9,7 @@
 #   .run/pg           PostgreSQL cluster (owned by user postgres; data/ and sock/)
 #   .run/rabbitmq     RabbitMQ node (config, mnesia, Erlang cookie)
 #   .run/tansu        Tansu (Kafka protocol) broker, SQLite storage
-# See docs in /work/shared/INFRA.md for why things are started the way they are.
+# See docs/INFRA.md for why things are started the way they are.
 # shellcheck shell=bash disable=SC2034 # variables used by the scripts that source this file
 
 set -euo pipefail
