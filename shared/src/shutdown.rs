@@ -69,12 +69,24 @@ pub fn on_signal() -> Shutdown {
 /// was triggered and their in-flight work drained.
 pub struct Running {
     pub addr: std::net::SocketAddr,
+    /// Where `GET /metrics` is served (its own listener), if this service serves it.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     tasks: tokio::task::JoinSet<()>,
 }
 
 impl Running {
     pub fn new(addr: std::net::SocketAddr, tasks: tokio::task::JoinSet<()>) -> Self {
-        Self { addr, tasks }
+        Self {
+            addr,
+            metrics_addr: None,
+            tasks,
+        }
+    }
+
+    /// Records the metrics listener's address.
+    pub fn with_metrics_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
+        self
     }
 
     /// Waits for every task to drain (call after triggering shutdown).

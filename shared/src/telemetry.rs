@@ -2,15 +2,24 @@
 //!
 //! Logs go to stderr through `tracing` (`RUST_LOG` filters, `LOG_FORMAT=json` for
 //! machine-readable lines). Metrics go through the `metrics` facade to a Prometheus
-//! recorder rendered at `GET /metrics`.
+//! recorder rendered at `GET /metrics` on a listener of its own ([`MetricsServer`]), never on
+//! a service's public port. Label values never come from what a client sends: methods
+//! outside a fixed set are `OTHER`, paths are the matched route or `unmatched`.
 
+use anyhow::Context;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 pub use metrics_exporter_prometheus::PrometheusHandle;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 /// Latency buckets in seconds: sub-millisecond to tens of seconds.
@@ -36,26 +45,36 @@ pub fn init_tracing(service: &str) {
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
 }
 
-/// Installs the global Prometheus recorder (once per process; later calls return a handle to
-/// a fresh, unregistered recorder, which is what in-process tests need).
+/// Installs the global Prometheus recorder once per process and returns its handle; later
+/// calls (several services in one test process) return the same handle, so every
+/// in-process service renders the process's metrics.
 pub fn install_metrics() -> PrometheusHandle {
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .expect("static buckets are valid");
-    let recorder = builder.build_recorder();
-    let handle = recorder.handle();
-    if metrics::set_global_recorder(recorder).is_ok() {
-        describe_http_metrics();
-        let upkeep = handle.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                upkeep.run_upkeep();
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("static buckets are valid");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                // Someone else's recorder is installed: ours renders nothing, but works.
+                tracing::warn!("a metrics recorder was already installed");
+                return handle;
             }
-        });
-    }
-    handle
+            describe_http_metrics();
+            // A thread of its own, so upkeep does not depend on the runtime that happened to
+            // install the recorder (in tests, runtimes come and go).
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
+            handle
+        })
+        .clone()
 }
 
 fn describe_http_metrics() {
@@ -79,19 +98,75 @@ pub async fn render_metrics(State(handle): State<PrometheusHandle>) -> Response 
         .into_response()
 }
 
-/// Middleware recording rate, status and latency of every request by matched route, so
-/// unbounded raw paths never become label values.
+/// The metrics listener: `GET /metrics` alone, on an address of its own (loopback by
+/// default), so business counters are not served to whoever reaches the public port.
+pub struct MetricsServer {
+    listener: TcpListener,
+    handle: PrometheusHandle,
+}
+
+impl MetricsServer {
+    /// Binds `bind` (`host:port`; port 0 picks a free one).
+    pub async fn bind(bind: &str, handle: PrometheusHandle) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding the metrics listener {bind}"))?;
+        Ok(Self { listener, handle })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves. Scrapes are not counted in `http_requests_total`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let app = Router::new()
+            .route("/metrics", get(render_metrics))
+            .with_state(self.handle);
+        if let Err(e) = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    }
+}
+
+/// The `method` label: the standard methods by name, anything else `OTHER` (a client can
+/// send any token as a method; each would otherwise become a series of its own).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// Middleware recording rate, status and latency of every request. Every label comes from
+/// a fixed set: the matched route's template (`unmatched` for any path no route takes), the
+/// method through [`method_label`], and the status the service answered.
 pub async fn track_http(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route),
+        ("status", status),
+    ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(start.elapsed().as_secs_f64());
@@ -125,6 +200,50 @@ impl Check {
     }
 }
 
+/// How long a readiness answer is reused: a flood of `/readyz` costs one probe of the
+/// dependencies per second, not one per request.
+pub const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The last readiness probe, reused for [`READINESS_TTL`]. Callers arriving while a probe
+/// runs wait for it and share its answer: at most one probe is in flight.
+pub struct ReadinessCache {
+    ttl: Duration,
+    last: tokio::sync::Mutex<Option<(Instant, Vec<Check>)>>,
+}
+
+impl Default for ReadinessCache {
+    fn default() -> Self {
+        Self::new(READINESS_TTL)
+    }
+}
+
+impl ReadinessCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The checks of a probe at most `ttl` old, running `probe` if there is none.
+    pub async fn checks<F, Fut>(&self, probe: F) -> Vec<Check>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Vec<Check>>,
+    {
+        // Held across the probe: the single in-flight check the others wait for.
+        let mut last = self.last.lock().await;
+        if let Some((at, checks)) = &*last {
+            if at.elapsed() < self.ttl {
+                return checks.clone();
+            }
+        }
+        let checks = probe().await;
+        *last = Some((Instant::now(), checks.clone()));
+        checks
+    }
+}
+
 /// `/readyz` body: 200 when every check passed, else 503 naming what is down.
 pub fn readiness(checks: Vec<Check>) -> Response {
     let down: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
@@ -144,4 +263,55 @@ pub fn readiness(checks: Vec<Check>) -> Response {
 /// `/healthz`: the process is alive.
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn methods_outside_the_standard_set_are_other() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        for odd in ["ZZODD1", "get", "PROPFIND", &"X".repeat(2048)] {
+            let m = Method::from_bytes(odd.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "OTHER", "{odd}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_readiness_callers_share_one_probe_until_it_expires() {
+        let cache = Arc::new(ReadinessCache::new(Duration::from_millis(300)));
+        let probes = Arc::new(AtomicUsize::new(0));
+        let ask = |cache: Arc<ReadinessCache>, probes: Arc<AtomicUsize>| async move {
+            cache
+                .checks(|| async {
+                    probes.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    vec![Check::ok("postgres")]
+                })
+                .await
+        };
+        let callers: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(ask(cache.clone(), probes.clone())))
+            .collect();
+        for c in callers {
+            assert!(c.await.unwrap()[0].ok);
+        }
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            1,
+            "one probe for 100 callers"
+        );
+        ask(cache.clone(), probes.clone()).await;
+        assert_eq!(probes.load(Ordering::SeqCst), 1, "fresh answer reused");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        ask(cache.clone(), probes.clone()).await;
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            2,
+            "expired answer probed again"
+        );
+    }
 }
