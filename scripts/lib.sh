@@ -35,6 +35,10 @@ KAFKA_PORT=9092
 WALLET_PORT=8080
 PROCESSOR_PORT=8081
 GATEWAY_PORT=8090
+# Each service serves /metrics on a listener of its own, never on its public port.
+WALLET_METRICS_PORT=9180
+PROCESSOR_METRICS_PORT=9181
+GATEWAY_METRICS_PORT=9190
 
 TANSU_VERSION=0.6.0
 RABBIT_DIR="$RUN_DIR/rabbitmq"
@@ -300,6 +304,15 @@ svc_port() {
     wallet-service) echo "$WALLET_PORT" ;;
     processor-service) echo "$PROCESSOR_PORT" ;;
     mock-gateway) echo "$GATEWAY_PORT" ;;
+    *) die "unknown service $1" ;;
+    esac
+}
+
+svc_metrics_port() {
+    case $1 in
+    wallet-service) echo "$WALLET_METRICS_PORT" ;;
+    processor-service) echo "$PROCESSOR_METRICS_PORT" ;;
+    mock-gateway) echo "$GATEWAY_METRICS_PORT" ;;
     *) die "unknown service $1" ;;
     esac
 }

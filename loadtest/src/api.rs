@@ -72,14 +72,17 @@ pub struct Api {
     http: Client,
     pub wallet: String,
     pub gateway: String,
-    pub processor: String,
+    /// The wallet-service's and the processor-service's metrics pages.
+    pub wallet_metrics: String,
+    pub processor_metrics: String,
 }
 
 impl Api {
     pub fn new(
         wallet: &str,
         gateway: &str,
-        processor: &str,
+        wallet_metrics: &str,
+        processor_metrics: &str,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let http = Client::builder()
@@ -93,7 +96,8 @@ impl Api {
             http,
             wallet: trim(wallet),
             gateway: trim(gateway),
-            processor: trim(processor),
+            wallet_metrics: wallet_metrics.to_owned(),
+            processor_metrics: processor_metrics.to_owned(),
         })
     }
 
@@ -188,11 +192,12 @@ impl Api {
             .await
     }
 
-    /// One gauge from a service's Prometheus `/metrics` (`None` if absent or unreachable).
-    pub async fn scrape(&self, base: &str, metric: &str) -> Option<f64> {
+    /// One gauge from a service's Prometheus metrics page (`url`, on the service's metrics
+    /// listener; `None` if absent or unreachable).
+    pub async fn scrape(&self, url: &str, metric: &str) -> Option<f64> {
         let r = self
             .http
-            .get(format!("{base}/metrics"))
+            .get(url)
             .timeout(Duration::from_secs(2))
             .send()
             .await

@@ -135,9 +135,21 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:8090")]
     pub gateway_url: String,
 
-    /// processor-service base URL (for `requests_in_flight` from /metrics).
-    #[arg(long, env = "PROCESSOR_URL", default_value = "http://127.0.0.1:8081")]
-    pub processor_url: String,
+    /// wallet-service metrics page (its own listener), for `outbox_backlog`.
+    #[arg(
+        long,
+        env = "WALLET_METRICS_URL",
+        default_value = "http://127.0.0.1:9180/metrics"
+    )]
+    pub wallet_metrics_url: String,
+
+    /// processor-service metrics page (its own listener), for `requests_in_flight`.
+    #[arg(
+        long,
+        env = "PROCESSOR_METRICS_URL",
+        default_value = "http://127.0.0.1:9181/metrics"
+    )]
+    pub processor_metrics_url: String,
 
     /// HS256 secret the wallet-service verifies tokens with.
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]

@@ -74,7 +74,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let api = api::Api::new(
         &args.wallet_url,
         &args.gateway_url,
-        &args.processor_url,
+        &args.wallet_metrics_url,
+        &args.processor_metrics_url,
         args.timeout,
     )?;
     match api.get_url(&format!("{}/readyz", api.wallet)).await {
@@ -347,7 +348,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "max_in_flight": args.max_in_flight,
             "wallet_url": args.wallet_url,
             "gateway_url": args.gateway_url,
-            "processor_url": args.processor_url,
+            "wallet_metrics_url": args.wallet_metrics_url,
+            "processor_metrics_url": args.processor_metrics_url,
         },
         "offered_rate": offered.map(round3),
         "achieved_rate": round3(achieved),

@@ -663,8 +663,9 @@ async fn scraper(ctx: Arc<Ctx>) {
         tick.tick().await;
         let t = ctx.since_start(Instant::now());
         let (outbox, in_flight) = tokio::join!(
-            ctx.api.scrape(&ctx.api.wallet, "outbox_backlog"),
-            ctx.api.scrape(&ctx.api.processor, "requests_in_flight"),
+            ctx.api.scrape(&ctx.api.wallet_metrics, "outbox_backlog"),
+            ctx.api
+                .scrape(&ctx.api.processor_metrics, "requests_in_flight"),
         );
         lock(&ctx.samples).push(Sample {
             t,

@@ -13,6 +13,9 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "GATEWAY_BIND", default_value = "127.0.0.1:8090")]
     pub bind: SocketAddr,
+    /// Address of `GET /metrics` (Prometheus), a listener of its own kept off the API's port.
+    #[arg(long, env = "GATEWAY_METRICS_BIND", default_value = "127.0.0.1:9190")]
+    pub metrics_bind: SocketAddr,
     /// Mean simulated latency per charge in milliseconds (exponential, capped at 10x the mean).
     #[arg(long, env = "GATEWAY_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,

@@ -10,15 +10,16 @@ use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
-use shared::telemetry::{healthz, readiness, render_metrics, track_http, Check};
+use shared::telemetry::{healthz, readiness, track_http, Check};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub fn app(gateway: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
+/// The public routes. `/metrics` is not among them: it has a listener of its own
+/// (`GATEWAY_METRICS_BIND`, [`shared::telemetry::MetricsServer`]).
+pub fn app(gateway: Arc<Gateway>) -> Router {
     describe_metrics();
     let api = Router::new()
         .route("/v1/charges", post(create_charge))
@@ -27,16 +28,13 @@ pub fn app(gateway: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/admin/behaviour", get(get_behaviour).put(put_behaviour))
         .route("/healthz", get(healthz))
+        // Nothing to probe (no dependencies), hence nothing to cache.
         .route(
             "/readyz",
             get(|| async { readiness(vec![Check::ok("gateway")]) }),
         )
         .with_state(gateway);
-    Router::new()
-        .route("/metrics", get(render_metrics))
-        .with_state(metrics)
-        .merge(api)
-        .layer(from_fn(track_http))
+    api.layer(from_fn(track_http))
 }
 
 fn describe_metrics() {

@@ -3,7 +3,8 @@
 //! timeouts and reconciliation can be tested against a real HTTP service.
 //!
 //! [`Config`] is read from flags or `GATEWAY_*` variables, [`app`] is the router, and
-//! [`spawn`] starts the whole service in-process (tests bind port 0).
+//! [`spawn`] starts the whole service in-process (tests bind port 0). Metrics are served on
+//! a listener of their own (`GATEWAY_METRICS_BIND`).
 
 mod config;
 mod http;
@@ -94,31 +95,53 @@ impl Gateway {
 /// drained, only what the data file holds survives).
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served.
+    pub metrics_addr: SocketAddr,
     task: JoinHandle<()>,
+    metrics_task: JoinHandle<()>,
 }
 
 impl Running {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// `http://<metrics listener>/metrics`.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        self.metrics_task.abort();
     }
 }
 
-/// Starts the gateway on `config.bind` (port 0 picks a free one) in a background task.
+/// Starts the gateway on `config.bind` and its metrics on `config.metrics_bind` (port 0
+/// picks a free one) in background tasks.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     let gateway = Gateway::new(&config)?;
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
-    let app = app(gateway, shared::telemetry::install_metrics());
+    let metrics = shared::telemetry::MetricsServer::bind(
+        &config.metrics_bind.to_string(),
+        shared::telemetry::install_metrics(),
+    )
+    .await?;
+    let metrics_addr = metrics.local_addr()?;
+    let app = app(gateway);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "gateway server failed");
         }
     });
-    Ok(Running { addr, task })
+    let metrics_task = tokio::spawn(metrics.serve(std::future::pending()));
+    Ok(Running {
+        addr,
+        metrics_addr,
+        task,
+        metrics_task,
+    })
 }

@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::Parser;
 use mock_gateway::{app, Config, Gateway};
-use shared::telemetry::{init_tracing, install_metrics};
+use shared::telemetry::{init_tracing, install_metrics, MetricsServer};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,10 +12,20 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, app(gateway, metrics))
-        .with_graceful_shutdown(shared::shutdown::signal())
+    let metrics_server = MetricsServer::bind(&config.metrics_bind.to_string(), metrics).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        metrics_addr = %metrics_server.local_addr()?,
+        "listening"
+    );
+    let shutdown = shared::shutdown::on_signal();
+    let mut sd = shutdown.clone();
+    let metrics_task = tokio::spawn(metrics_server.serve(async move { sd.wait().await }));
+    let mut sd = shutdown;
+    axum::serve(listener, app(gateway))
+        .with_graceful_shutdown(async move { sd.wait().await })
         .await?;
+    let _ = metrics_task.await;
     tracing::info!("stopped");
     Ok(())
 }

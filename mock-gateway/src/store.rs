@@ -10,14 +10,8 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChargeStatus {
-    Succeeded,
-    Declined,
-    /// The key was closed without a charge: nothing can ever be charged under it.
-    Voided,
-}
+/// The statuses are the wire contract's, shared with the processor.
+pub use shared::gateway::ChargeStatus;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Charge {

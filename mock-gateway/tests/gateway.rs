@@ -8,6 +8,7 @@ use std::path::PathBuf;
 fn config() -> Config {
     Config {
         bind: "127.0.0.1:0".parse().unwrap(),
+        metrics_bind: "127.0.0.1:0".parse().unwrap(),
         latency_ms: 0,
         decline_rate: 0.0,
         error_rate: 0.0,
@@ -338,10 +339,20 @@ async fn charges_survive_a_restart_through_the_data_file() {
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let (gw, client) = start(config()).await;
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    for path in ["/healthz", "/readyz"] {
         let response = client.get(gw.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
+    // Metrics are on their own listener only, not on the public port.
+    let metrics = client.get(gw.metrics_url()).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("http_requests_total"));
+    let public = client.get(gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

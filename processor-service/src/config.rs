@@ -16,9 +16,12 @@ fn parse_ms(s: &str) -> Result<Duration, String> {
     about = "Charges payment requests at the gateway and publishes the results"
 )]
 pub struct Config {
-    /// Address of the health and metrics endpoints.
+    /// Address of the health endpoints (`/healthz`, `/readyz`).
     #[arg(long, env = "PROCESSOR_BIND", default_value = "127.0.0.1:8081")]
     pub bind: String,
+    /// Address of `GET /metrics` (Prometheus), a listener of its own.
+    #[arg(long, env = "PROCESSOR_METRICS_BIND", default_value = "127.0.0.1:9181")]
+    pub metrics_bind: String,
     /// RabbitMQ connection string.
     #[arg(long, env = "AMQP_URL")]
     pub amqp_url: String,

@@ -4,16 +4,18 @@
 use serde::Deserialize;
 use shared::backoff::Backoff;
 use shared::events::RequestedPayment;
+use shared::gateway::{ChargeReply, ChargeStatus};
+use shared::text::GatewayReference;
 use std::time::{Duration, Instant};
 
 /// What the gateway did with a payment, as far as we know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Charged {
-        reference: String,
+        reference: GatewayReference,
     },
     Declined {
-        reference: String,
+        reference: GatewayReference,
     },
     /// The gateway voided the key without a charge: the charge certainly did not happen
     /// and never will.
@@ -32,12 +34,6 @@ impl Decision {
             Self::Unknown(_) => "unknown",
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct Charge {
-    id: String,
-    status: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,17 +65,8 @@ pub fn describe_metrics() {
     );
     // Series exist from the start (at 0), so rate() and alerts see their first increment.
     metrics::counter!("gateway_retries_total").increment(0);
-    for decision in [
-        Decision::Charged {
-            reference: String::new(),
-        },
-        Decision::Declined {
-            reference: String::new(),
-        },
-        Decision::NotCharged,
-        Decision::Unknown(String::new()),
-    ] {
-        metrics::counter!("gateway_decisions_total", "decision" => decision.label()).increment(0);
+    for decision in ["charged", "declined", "not_charged", "unknown"] {
+        metrics::counter!("gateway_decisions_total", "decision" => decision).increment(0);
     }
 }
 
@@ -166,8 +153,11 @@ impl GatewayClient {
             Err(e) if e.is_timeout() => ("timeout", Err(format!("timed out: {e}"))),
             Err(e) => ("error", Err(e.to_string())),
             Ok(r) => match r.status().as_u16() {
-                200 => match r.json::<Charge>().await {
-                    Ok(c) => ("ok", Ok(decision_of(c))),
+                200 => match r.json::<ChargeReply>().await {
+                    Ok(c) => match decision_of(c) {
+                        Decision::Unknown(why) => ("undecided", Err(why)),
+                        d => ("ok", Ok(d)),
+                    },
                     Err(e) => ("bad_body", Err(format!("unreadable charge: {e}"))),
                 },
                 503 => ("unavailable", Err("gateway answered 503".into())),
@@ -200,19 +190,48 @@ impl GatewayClient {
             .record(start.elapsed().as_secs_f64());
         match r.status().as_u16() {
             200 => r
-                .json::<Charge>()
+                .json::<ChargeReply>()
                 .await
                 .map(decision_of)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("unreadable void answer: {e}")),
             s => Err(format!("void answered {s}")),
         }
     }
 }
 
-fn decision_of(c: Charge) -> Decision {
-    match c.status.as_str() {
-        "succeeded" => Decision::Charged { reference: c.id },
-        "voided" => Decision::NotCharged,
-        _ => Decision::Declined { reference: c.id },
+/// Only a status the contract knows decides. Anything else (`pending`, `processing`, a word
+/// added by a newer gateway) means the gateway has not decided: reading it as a decline would
+/// release the funds of a charge that may still complete.
+fn decision_of(c: ChargeReply) -> Decision {
+    match ChargeStatus::parse(&c.status) {
+        Some(ChargeStatus::Succeeded) => Decision::Charged { reference: c.id },
+        Some(ChargeStatus::Declined) => Decision::Declined { reference: c.id },
+        Some(ChargeStatus::Voided) => Decision::NotCharged,
+        None => Decision::Unknown(format!(
+            "gateway reports charge {} as {:?}: not decided yet",
+            c.id, c.status
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: &str) -> ChargeReply {
+        ChargeReply {
+            id: "ch_1".try_into().unwrap(),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn only_known_statuses_decide() {
+        assert_eq!(decision_of(reply("succeeded")).label(), "charged");
+        assert_eq!(decision_of(reply("declined")).label(), "declined");
+        assert_eq!(decision_of(reply("voided")), Decision::NotCharged);
+        for s in ["pending", "processing", "requires_action", ""] {
+            assert_eq!(decision_of(reply(s)).label(), "unknown", "{s}");
+        }
     }
 }

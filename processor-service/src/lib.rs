@@ -3,7 +3,7 @@
 //! [`consumer`] takes `payment.requested` messages from RabbitMQ; [`gateway`] charges them
 //! with retries under the payment id as idempotency key and decides only what is certain;
 //! the result goes to Kafka `payment.results` before the RabbitMQ message is acked.
-//! [`start`] wires it together with the health and metrics endpoints.
+//! [`start`] wires it together with the health endpoints and the metrics listener.
 
 pub mod config;
 pub mod consumer;
@@ -19,7 +19,7 @@ use consumer::Processor;
 use gateway::GatewayClient;
 use rdkafka::producer::Producer;
 use shared::shutdown::Shutdown;
-use shared::telemetry::{readiness, Check, PrometheusHandle};
+use shared::telemetry::{readiness, Check, MetricsServer, PrometheusHandle, ReadinessCache};
 use shared::topology::{AmqpTopology, KafkaTopics};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,9 +31,17 @@ struct Ready {
     amqp: Arc<AtomicBool>,
     producer: rdkafka::producer::FutureProducer,
     gateway: Arc<GatewayClient>,
+    cache: Arc<ReadinessCache>,
 }
 
+/// `/readyz`: answered from a probe at most a second old (one probe at a time), so a flood
+/// costs one Kafka metadata call and one gateway call per second.
 async fn readyz(State(r): State<Ready>) -> Response {
+    let cache = r.cache.clone();
+    readiness(cache.checks(|| probe(r)).await)
+}
+
+async fn probe(r: Ready) -> Vec<Check> {
     let mut checks = vec![if r.amqp.load(Ordering::Relaxed) {
         Check::ok("rabbitmq")
     } else {
@@ -57,7 +65,7 @@ async fn readyz(State(r): State<Ready>) -> Response {
         Ok(()) => Check::ok("gateway"),
         Err(e) => Check::down("gateway", e),
     });
-    readiness(checks)
+    checks
 }
 
 pub use shared::shutdown::Running;
@@ -103,31 +111,33 @@ pub async fn start(
         amqp: connected,
         producer: producer.clone(),
         gateway,
+        cache: Arc::default(),
     };
+    // `/metrics` has a listener of its own (`PROCESSOR_METRICS_BIND`).
     let app = Router::new()
         .route("/healthz", get(shared::telemetry::healthz))
         .route("/readyz", get(readyz).with_state(ready))
-        .route(
-            "/metrics",
-            get(shared::telemetry::render_metrics).with_state(metrics),
-        )
         .layer(axum::middleware::from_fn(shared::telemetry::track_http));
     let listener = tokio::net::TcpListener::bind(&cfg.bind)
         .await
         .with_context(|| format!("binding {}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    let metrics_server = MetricsServer::bind(&cfg.metrics_bind, metrics).await?;
+    let metrics_addr = metrics_server.local_addr()?;
     let mut sd = shutdown.clone();
     tasks.spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { sd.wait().await })
             .await;
     });
+    let mut sd = shutdown.clone();
+    tasks.spawn(metrics_server.serve(async move { sd.wait().await }));
     let mut sd = shutdown;
     tasks.spawn(async move {
         sd.wait().await;
         // Whatever Kafka still holds in its send queue is flushed before exit.
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
     });
-    tracing::info!(%addr, "processor-service listening");
-    Ok(Running::new(addr, tasks))
+    tracing::info!(%addr, %metrics_addr, "processor-service listening");
+    Ok(Running::new(addr, tasks).with_metrics_addr(metrics_addr))
 }

@@ -7,6 +7,7 @@
 use crate::ids::{EventId, PaymentId, WalletId};
 use crate::money::{Amount, Currency};
 use crate::status::{FailureReason, Outcome};
+use crate::text::{self, GatewayReference};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,7 @@ pub struct PaymentResult {
     pub payment_id: PaymentId,
     pub outcome: Outcome,
     pub failure_reason: Option<FailureReason>,
-    pub gateway_reference: Option<String>,
+    pub gateway_reference: Option<GatewayReference>,
     pub occurred_at: DateTime<Utc>,
 }
 
@@ -67,7 +68,7 @@ impl PaymentResult {
         payment_id: PaymentId,
         outcome: Outcome,
         failure_reason: Option<FailureReason>,
-        gateway_reference: Option<String>,
+        gateway_reference: Option<GatewayReference>,
     ) -> Self {
         Self {
             event_id,
@@ -124,8 +125,23 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], kind: &'static str) -> Result<T, Po
     })
 }
 
+/// The longest `merchant_id` the API accepts, so the longest a request can carry.
+pub const MERCHANT_ID_MAX_CHARS: usize = 64;
+
 pub fn decode_requested(bytes: &[u8]) -> Result<PaymentRequested, Poison> {
-    decode(bytes, PAYMENT_REQUESTED)
+    let request: PaymentRequested = decode(bytes, PAYMENT_REQUESTED)?;
+    // Text goes on to the gateway and into logs: refuse what the API would have refused.
+    text::check(
+        "merchant_id",
+        &request.payment.merchant_id,
+        1,
+        MERCHANT_ID_MAX_CHARS,
+    )
+    .map_err(|e| Poison::Invalid {
+        kind: PAYMENT_REQUESTED,
+        detail: e.to_string(),
+    })?;
+    Ok(request)
 }
 
 pub fn decode_result(bytes: &[u8]) -> Result<PaymentResult, Poison> {
@@ -199,13 +215,38 @@ mod tests {
     }
 
     #[test]
+    fn text_the_database_would_refuse_is_poison() {
+        let ok = PaymentResult::new(
+            EventId::new(),
+            PaymentId::new(),
+            Outcome::Succeeded,
+            None,
+            Some("ch_1".try_into().unwrap()),
+        );
+        let mut v = serde_json::to_value(&ok).unwrap();
+        v["gateway_reference"] = "ch_\u{0}1".into();
+        assert!(matches!(
+            decode_result(&serde_json::to_vec(&v).unwrap()),
+            Err(Poison::Invalid { .. })
+        ));
+        let mut r = serde_json::to_value(requested()).unwrap();
+        r["payment"]["merchant_id"] = "shop\u{0}".into();
+        assert!(matches!(
+            decode_requested(&serde_json::to_vec(&r).unwrap()),
+            Err(Poison::Invalid { .. })
+        ));
+        r["payment"]["merchant_id"] = "m".repeat(MERCHANT_ID_MAX_CHARS + 1).into();
+        assert!(decode_requested(&serde_json::to_vec(&r).unwrap()).is_err());
+    }
+
+    #[test]
     fn result_outcome_and_reason_must_agree() {
         let ok = PaymentResult::new(
             EventId::new(),
             PaymentId::new(),
             Outcome::Succeeded,
             None,
-            Some("ch_1".into()),
+            Some("ch_1".try_into().unwrap()),
         );
         assert!(decode_result(&serde_json::to_vec(&ok).unwrap()).is_ok());
         let bad = PaymentResult::new(

@@ -17,7 +17,7 @@ use rdkafka::statistics::Statistics;
 /// ("more or less than one row", storage/src/lite.rs:503) after producers restart, and then
 /// refuses every request until it is restarted. `scripts/up` turns it off for Tansu only.
 pub fn producer(brokers: &str) -> KafkaResult<FutureProducer> {
-    let idempotent = std::env::var("KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false");
+    let idempotent = idempotence_enabled();
     kafka_config(brokers)
         .set(
             "enable.idempotence",
@@ -27,6 +27,12 @@ pub fn producer(brokers: &str) -> KafkaResult<FutureProducer> {
         .set("linger.ms", "1")
         .set("message.timeout.ms", "10000")
         .create()
+}
+
+/// Whether producers are idempotent (`KAFKA_IDEMPOTENCE`, default true). Only an idempotent
+/// producer keeps a partition's order when a send fails and is retried.
+pub fn idempotence_enabled() -> bool {
+    std::env::var("KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false")
 }
 
 /// Exports the consumer lag librdkafka reports in its statistics, per topic and partition.

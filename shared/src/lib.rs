@@ -11,6 +11,7 @@
 
 pub mod backoff;
 pub mod events;
+pub mod gateway;
 pub mod ids;
 pub mod kafka;
 pub mod money;
@@ -18,5 +19,6 @@ pub mod notifications;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod text;
 pub mod topology;
 pub mod trace;

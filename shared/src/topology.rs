@@ -136,6 +136,9 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Field
     table
 }
 
+/// Kafka's own default retention, 7 days.
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
+
 /// Kafka topics of the result hop.
 #[derive(Debug, Clone)]
 pub struct KafkaTopics {
@@ -146,6 +149,10 @@ pub struct KafkaTopics {
     /// `payment.alert` for large payments (key = wallet id).
     pub alerts: String,
     pub partitions: i32,
+    /// `retention.ms` of every topic (`KAFKA_RETENTION_MS`, default Kafka's 7 days): old
+    /// records go, so the broker's size and maintenance do not grow with its whole history.
+    /// A result deleted unread leaves its payment pending and the reconciler re-drives it.
+    pub retention_ms: i64,
 }
 
 impl Default for KafkaTopics {
@@ -162,18 +169,29 @@ impl KafkaTopics {
             events: format!("{prefix}payment.events"),
             alerts: format!("{prefix}payment.alerts"),
             partitions: 3,
+            retention_ms: std::env::var("KAFKA_RETENTION_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|ms: &i64| *ms > 0)
+                .unwrap_or(DEFAULT_RETENTION_MS),
         }
     }
 
     /// Creates the topics if they do not exist yet (brokers need not auto-create topics).
     pub async fn create(&self, brokers: &str) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = kafka_config(brokers).create()?;
+        let retention = self.retention_ms.to_string();
         let topics = [
-            NewTopic::new(&self.results, self.partitions, TopicReplication::Fixed(1)),
-            NewTopic::new(&self.results_dlq, 1, TopicReplication::Fixed(1)),
-            NewTopic::new(&self.events, self.partitions, TopicReplication::Fixed(1)),
-            NewTopic::new(&self.alerts, self.partitions, TopicReplication::Fixed(1)),
-        ];
+            (&self.results, self.partitions),
+            (&self.results_dlq, 1),
+            (&self.events, self.partitions),
+            (&self.alerts, self.partitions),
+        ]
+        .map(|(name, partitions)| {
+            NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "delete")
+                .set("retention.ms", &retention)
+        });
         let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
         for result in admin.create_topics(&topics, &opts).await? {
             match result {

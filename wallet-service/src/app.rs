@@ -1,17 +1,19 @@
 //! Starting and stopping the whole service: pool, HTTP server, outbox relays and consumer.
 
 use crate::auth::Verifier;
-use crate::config::{DbConfig, ServeConfig};
+use crate::config::{BrokerConfig, DbConfig, DispatcherConfig, ServeConfig};
 use crate::finalizer::{self, Finalizer};
 use crate::http::{self, AppState, Health};
 use crate::outbox::dispatcher::{self, Dispatcher};
 use crate::outbox::relay::{self, EventRelay};
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureProducer;
 use shared::shutdown::Shutdown;
 use shared::topology::KafkaTopics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -52,6 +54,7 @@ pub fn describe_metrics() {
     relay::describe_metrics();
     finalizer::describe_metrics();
     crate::reconciler::describe_metrics();
+    crate::housekeeping::describe_metrics();
     // Series exist from the start (at 0), so rate() and alerts see their first increment.
     for reason in [
         "not_json",
@@ -59,6 +62,7 @@ pub fn describe_metrics() {
         "unsupported_version",
         "invalid",
         "unknown_payment",
+        "refused_by_database",
     ] {
         metrics::counter!("results_dead_lettered_total", "reason" => reason).increment(0);
     }
@@ -87,12 +91,59 @@ pub fn describe_metrics() {
         "events_publish_failures_total",
         "payments_redriven_total",
         "results_consumed_total",
+        "payment_outcome_conflicts_total",
+        "payments_redrive_exhausted_total",
     ] {
         metrics::counter!(name).increment(0);
     }
 }
 
 pub use shared::shutdown::Running;
+
+/// The outbox relays (payment requests to RabbitMQ, events to Kafka), started the same way by
+/// `serve` (with `RUN_DISPATCHER`) and by `dispatch`. Returns the RabbitMQ connection flag
+/// `/readyz` reports.
+pub fn spawn_relays(
+    tasks: &mut JoinSet<()>,
+    pool: &PgPool,
+    producer: FutureProducer,
+    brokers: &BrokerConfig,
+    cfg: &DispatcherConfig,
+    shutdown: &Shutdown,
+) -> Arc<AtomicBool> {
+    let d = Dispatcher::new(pool.clone(), brokers, cfg.clone());
+    let connected = d.connected.clone();
+    tasks.spawn(d.run(shutdown.clone()));
+    let relay = EventRelay::new(pool.clone(), producer, brokers, cfg.clone());
+    tasks.spawn(relay.run(shutdown.clone()));
+    connected
+}
+
+/// `wallet-service dispatch`: the relays and housekeeping, no API, no consumer.
+pub async fn dispatch(
+    db: DbConfig,
+    brokers: BrokerConfig,
+    cfg: DispatcherConfig,
+    (metrics_bind, metrics): (&str, shared::telemetry::PrometheusHandle),
+    shutdown: Shutdown,
+) -> anyhow::Result<Running> {
+    describe_metrics();
+    let pool = connect_db(&db).await?;
+    let producer = shared::kafka::producer(&brokers.kafka_brokers)?;
+    let mut tasks = JoinSet::new();
+    spawn_relays(&mut tasks, &pool, producer, &brokers, &cfg, &shutdown);
+    tasks.spawn(crate::housekeeping::run(
+        pool,
+        cfg.retention(),
+        shutdown.clone(),
+    ));
+    let metrics_server = shared::telemetry::MetricsServer::bind(metrics_bind, metrics).await?;
+    let metrics_addr = metrics_server.local_addr()?;
+    let mut sd = shutdown;
+    tasks.spawn(metrics_server.serve(async move { sd.wait().await }));
+    tracing::info!(%metrics_addr, "wallet-service dispatcher running");
+    Ok(Running::new(metrics_addr, tasks).with_metrics_addr(metrics_addr))
+}
 
 pub async fn start(
     cfg: ServeConfig,
@@ -111,6 +162,8 @@ pub async fn start_with_pool(
     metrics: shared::telemetry::PrometheusHandle,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
+    // Before anything else: a weak AUTH_JWT_SECRET is an operator's error, said plainly.
+    let verifier = Verifier::new(cfg.auth.jwt_secret.expose(), &cfg.auth.policy())?;
     describe_metrics();
     // Migrations need the database; retry for a while so start order does not matter.
     let mut tries = 0;
@@ -139,22 +192,30 @@ pub async fn start_with_pool(
     };
 
     if let Some(producer) = producer.clone().filter(|_| cfg.run_dispatcher) {
-        let d = Dispatcher::new(pool.clone(), &cfg.brokers, cfg.dispatcher.clone());
-        health.amqp = Some(d.connected.clone());
-        tasks.spawn(d.run(shutdown.clone()));
-        let relay = EventRelay::new(pool.clone(), producer, &cfg.brokers, cfg.dispatcher.clone());
-        tasks.spawn(relay.run(shutdown.clone()));
-        tasks.spawn(dispatcher::maintain(
-            pool.clone(),
-            cfg.dispatcher.outbox_retention_secs,
-            shutdown.clone(),
+        health.amqp = Some(spawn_relays(
+            &mut tasks,
+            &pool,
+            producer,
+            &cfg.brokers,
+            &cfg.dispatcher,
+            &shutdown,
         ));
     }
+    // Whatever else this instance runs: the tables it writes must not grow without end.
+    tasks.spawn(crate::housekeeping::run(
+        pool.clone(),
+        cfg.dispatcher.retention(),
+        shutdown.clone(),
+    ));
 
-    if cfg.reconcile_after_secs > 0 {
+    if cfg.reconcile_after_secs > 0.0 {
         let r = crate::reconciler::Reconciler {
             pool: pool.clone(),
-            deadline: Duration::from_secs(cfg.reconcile_after_secs),
+            policy: crate::reconciler::RedrivePolicy {
+                deadline: Duration::from_secs_f64(cfg.reconcile_after_secs),
+                max_backoff: Duration::from_secs_f64(cfg.reconcile_max_backoff_secs),
+                max_redrives: cfg.reconcile_max_redrives,
+            },
             batch_size: 500,
         };
         tasks.spawn(r.run(shutdown.clone()));
@@ -203,8 +264,7 @@ pub async fn start_with_pool(
 
     let state = AppState {
         db: pool.clone(),
-        verifier: Verifier::new(cfg.jwt_secret.expose()),
-        metrics,
+        verifier,
         health,
         alerts: Arc::new(cfg.alert_thresholds.clone()),
         limiter: (cfg.rate_limit_per_sec > 0).then(|| {
@@ -228,6 +288,10 @@ pub async fn start_with_pool(
         }
         tracing::info!("HTTP server drained");
     });
-    tracing::info!(%addr, "wallet-service listening");
-    Ok(Running::new(addr, tasks))
+    let metrics_server = shared::telemetry::MetricsServer::bind(&cfg.metrics_bind, metrics).await?;
+    let metrics_addr = metrics_server.local_addr()?;
+    let mut sd = shutdown.clone();
+    tasks.spawn(metrics_server.serve(async move { sd.wait().await }));
+    tracing::info!(%addr, %metrics_addr, "wallet-service listening");
+    Ok(Running::new(addr, tasks).with_metrics_addr(metrics_addr))
 }

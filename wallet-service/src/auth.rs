@@ -1,7 +1,23 @@
-//! Bearer tokens: HS256 JWTs with `sub` (the principal) and `exp`, optional `scope`.
+//! Bearer tokens: HS256 JWTs with `sub` (the principal), `exp` and `iat`, optional `scope`,
+//! `nbf`, `iss` and `aud`.
+//!
+//! A token is refused when its signature or algorithm is wrong, when it is expired or not yet
+//! valid (`nbf`), when `iss` or `aud` do not match the configured ones ([`TokenPolicy`]), when
+//! `iat` is missing or in the future, or when it lives longer (`exp - iat`) than the policy
+//! allows. Every refusal looks the same to the client (401 `unauthorized`); the reason
+//! ([`Refusal`]) is for logs and tests only.
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+/// The shortest `AUTH_JWT_SECRET` accepted, in bytes (HS256 wants a key of at least its
+/// 256-bit output).
+pub const MIN_SECRET_BYTES: usize = 32;
+/// The default of `AUTH_MAX_TOKEN_LIFETIME_SECS`.
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 86_400;
 
 /// Who is calling. Wallets whose `owner_id` equals `sub` are theirs; `admin` reads all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +41,117 @@ struct Claims {
     scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+    // `iss` and `aud` are checked by `jsonwebtoken` from the raw claims (`aud` may be an
+    // array); here they are only written.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// What a token must satisfy besides its signature and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences), when set.
+    pub audience: Option<String>,
+    /// The longest `exp - iat` accepted, in seconds.
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
+        }
+    }
+}
+
+/// Why a token was refused. Never shown to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not `Bearer <token>`, not a JWT, or claims of the wrong type.
+    Malformed,
+    /// Wrong signature, or an algorithm other than HS256.
+    BadSignature,
+    Expired,
+    /// `nbf` is in the future.
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    /// A required claim is absent (`sub`, `exp`, `iat`, and `iss`/`aud` when configured).
+    MissingClaim(String),
+    /// `iat` is in the future.
+    IssuedInFuture,
+    /// `exp - iat` exceeds the policy's maximum (or `exp` precedes `iat`).
+    LifetimeTooLong,
+    /// `sub` is empty or longer than 255 bytes.
+    BadSubject,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("missing bearer token")]
     Missing,
-    #[error("invalid token: {0}")]
-    Invalid(String),
+    #[error("invalid token: {0:?}")]
+    Invalid(Refusal),
+}
+
+/// `AUTH_JWT_SECRET` is not fit to sign tokens. The message is for the operator and never
+/// contains the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeakSecret {
+    #[error(
+        "AUTH_JWT_SECRET is {0} bytes long; it must be at least {MIN_SECRET_BYTES} random bytes \
+         (generate one with `openssl rand -hex 32`)"
+    )]
+    TooShort(usize),
+    #[error(
+        "AUTH_JWT_SECRET is a placeholder from an example configuration, not a secret; set a \
+         random one of at least {MIN_SECRET_BYTES} bytes (generate one with `openssl rand -hex 32`)"
+    )]
+    Placeholder,
+}
+
+/// Refuses secrets that are short, placeholders from examples (`dev-only-jwt-secret-change-me`
+/// and the like) or one character repeated.
+pub fn check_secret(secret: &str) -> Result<(), WeakSecret> {
+    let normalised: String = secret
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    const MARKERS: [&str; 7] = [
+        "changeme",
+        "changethis",
+        "replaceme",
+        "placeholder",
+        "devonly",
+        "yoursecret",
+        "notasecret",
+    ];
+    if MARKERS.iter().any(|m| normalised.contains(m)) {
+        return Err(WeakSecret::Placeholder);
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(WeakSecret::TooShort(secret.len()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    seen.extend(secret.bytes());
+    if seen.len() < 8 {
+        return Err(WeakSecret::Placeholder);
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
 }
 
 /// Verifies tokens with one secret; only HS256 is accepted (no `none`, no key confusion).
@@ -40,17 +159,32 @@ pub enum AuthError {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    max_lifetime_secs: u64,
 }
 
 impl Verifier {
-    pub fn new(secret: &str) -> Self {
+    /// Refuses a weak secret (see [`check_secret`]): the service does not start with one.
+    pub fn new(secret: &str, policy: &TokenPolicy) -> Result<Self, WeakSecret> {
+        check_secret(secret)?;
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 5;
-        Self {
+        let mut required = vec!["exp", "sub"];
+        if let Some(iss) = &policy.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if let Some(aud) = &policy.audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        // Without a configured audience, a token naming one is refused (RFC 7519 4.1.3).
+        validation.set_required_spec_claims(&required);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        Ok(Self {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
-        }
+            max_lifetime_secs: policy.max_lifetime_secs,
+        })
     }
 
     /// Parses an `Authorization` header value.
@@ -59,16 +193,31 @@ impl Verifier {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| AuthError::Invalid("expected `Bearer <token>`".into()))?;
+            .ok_or(AuthError::Invalid(Refusal::Malformed))?;
         self.verify(token.trim())
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let claims = data.claims;
+        let refuse = |r| Err(AuthError::Invalid(r));
+        let claims = match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+            Ok(data) => data.claims,
+            Err(e) => return refuse(refusal_of(e.kind())),
+        };
+        let Some(iat) = claims.iat else {
+            return refuse(Refusal::MissingClaim("iat".into()));
+        };
+        if iat > now_secs() + LEEWAY_SECS {
+            return refuse(Refusal::IssuedInFuture);
+        }
+        if claims
+            .exp
+            .checked_sub(iat)
+            .is_none_or(|lifetime| lifetime > self.max_lifetime_secs)
+        {
+            return refuse(Refusal::LifetimeTooLong);
+        }
         if claims.sub.is_empty() || claims.sub.len() > 255 {
-            return Err(AuthError::Invalid("sub must be 1..=255 characters".into()));
+            return refuse(Refusal::BadSubject);
         }
         let admin = claims
             .scope
@@ -81,35 +230,91 @@ impl Verifier {
     }
 }
 
-/// Mints a token (the `token` subcommand and tests).
+fn refusal_of(kind: &ErrorKind) -> Refusal {
+    match kind {
+        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => Refusal::BadSignature,
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+        ErrorKind::InvalidIssuer => Refusal::WrongIssuer,
+        ErrorKind::InvalidAudience => Refusal::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) => Refusal::MissingClaim(c.clone()),
+        _ => Refusal::Malformed,
+    }
+}
+
+/// A token to mint: the `token` subcommand fills `issuer` and `audience` from the service's
+/// settings, so what it prints is what the service accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Mint<'a> {
+    pub sub: &'a str,
+    pub admin: bool,
+    pub ttl_secs: u64,
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+}
+
+impl Mint<'_> {
+    pub fn sign(&self, secret: &str) -> String {
+        let now = now_secs();
+        let claims = Claims {
+            sub: self.sub.to_owned(),
+            exp: now + self.ttl_secs,
+            scope: self.admin.then(|| "admin".to_owned()),
+            iat: Some(now),
+            iss: self.issuer.map(str::to_owned),
+            aud: self.audience.map(str::to_owned),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("HS256 encoding cannot fail")
+    }
+}
+
+/// Mints a token without `iss` and `aud` (tests and the load tools).
 pub fn mint(secret: &str, sub: &str, admin: bool, ttl_secs: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    let claims = Claims {
-        sub: sub.to_owned(),
-        exp: now + ttl_secs,
-        scope: admin.then(|| "admin".to_owned()),
-        iat: Some(now),
-    };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 encoding cannot fail")
+    Mint {
+        sub,
+        admin,
+        ttl_secs,
+        ..Mint::default()
+    }
+    .sign(secret)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     const SECRET: &str = "a-test-secret-of-sufficient-length";
 
+    fn verifier() -> Verifier {
+        Verifier::new(SECRET, &TokenPolicy::default()).unwrap()
+    }
+
+    /// Signs arbitrary claims with `SECRET`.
+    fn sign(claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn refusal(v: &Verifier, token: &str) -> Refusal {
+        match v.verify(token) {
+            Err(AuthError::Invalid(r)) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
     #[test]
     fn minted_tokens_verify_with_scope() {
-        let v = Verifier::new(SECRET);
+        let v = verifier();
         let p = v.verify(&mint(SECRET, "alice", false, 60)).unwrap();
         assert_eq!(
             p,
@@ -123,28 +328,19 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_refused() {
-        let v = Verifier::new(SECRET);
+        let v = verifier();
         assert!(matches!(v.verify_header(None), Err(AuthError::Missing)));
         assert!(v.verify_header(Some("Basic abc")).is_err());
-        assert!(v
-            .verify(&mint("another-secret-of-good-length", "alice", false, 60))
-            .is_err());
+        assert_eq!(
+            refusal(
+                &v,
+                &mint("another-secret-of-good-length", "alice", false, 60)
+            ),
+            Refusal::BadSignature
+        );
         // Expired well past the leeway.
-        let expired = {
-            let claims = Claims {
-                sub: "alice".into(),
-                exp: 1_000,
-                scope: None,
-                iat: None,
-            };
-            jsonwebtoken::encode(
-                &Header::new(Algorithm::HS256),
-                &claims,
-                &EncodingKey::from_secret(SECRET.as_bytes()),
-            )
-            .unwrap()
-        };
-        assert!(v.verify(&expired).is_err());
+        let expired = sign(&json!({"sub": "alice", "exp": 1_000, "iat": 900}));
+        assert_eq!(refusal(&v, &expired), Refusal::Expired);
         // alg: none, unsigned.
         let none = format!(
             "{}.{}.",
@@ -155,16 +351,168 @@ mod tests {
         // HS512 with the right secret is still the wrong algorithm.
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
-            &Claims {
-                sub: "alice".into(),
-                exp: 99_999_999_999,
-                scope: None,
-                iat: None,
-            },
+            &json!({"sub": "alice", "exp": 99_999_999_999u64, "iat": now_secs()}),
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap();
-        assert!(v.verify(&hs512).is_err());
+        assert_eq!(refusal(&v, &hs512), Refusal::BadSignature);
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused() {
+        let v = verifier();
+        let now = now_secs();
+        let early = sign(&json!({"sub": "alice", "iat": now, "exp": now + 600, "nbf": now + 120}));
+        assert_eq!(refusal(&v, &early), Refusal::NotYetValid);
+        // Within the leeway, and in the past: accepted.
+        for nbf in [now + LEEWAY_SECS, now - 60] {
+            let t = sign(&json!({"sub": "alice", "iat": now, "exp": now + 600, "nbf": nbf}));
+            assert!(v.verify(&t).is_ok(), "nbf {nbf}");
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let policy = TokenPolicy {
+            issuer: Some("https://auth.example".into()),
+            audience: Some("wallet-api".into()),
+            ..TokenPolicy::default()
+        };
+        let v = Verifier::new(SECRET, &policy).unwrap();
+        let now = now_secs();
+        let token = |iss: Option<&str>, aud: Option<Value>| {
+            let mut c = json!({"sub": "alice", "iat": now, "exp": now + 600});
+            if let Some(iss) = iss {
+                c["iss"] = json!(iss);
+            }
+            if let Some(aud) = aud {
+                c["aud"] = aud;
+            }
+            sign(&c)
+        };
+        let (iss, aud) = (Some("https://auth.example"), Some(json!("wallet-api")));
+        assert!(v.verify(&token(iss, aud.clone())).is_ok());
+        // One of several audiences is enough.
+        assert!(v
+            .verify(&token(iss, Some(json!(["other", "wallet-api"]))))
+            .is_ok());
+        assert_eq!(
+            refusal(&v, &token(Some("https://evil.example"), aud.clone())),
+            Refusal::WrongIssuer
+        );
+        assert_eq!(
+            refusal(&v, &token(iss, Some(json!("another-api")))),
+            Refusal::WrongAudience
+        );
+        assert_eq!(
+            refusal(&v, &token(None, aud)),
+            Refusal::MissingClaim("iss".into())
+        );
+        assert_eq!(
+            refusal(&v, &token(iss, None)),
+            Refusal::MissingClaim("aud".into())
+        );
+        // The minting side writes both, and the result verifies.
+        let minted = Mint {
+            sub: "alice",
+            ttl_secs: 60,
+            issuer: policy.issuer.as_deref(),
+            audience: policy.audience.as_deref(),
+            ..Mint::default()
+        }
+        .sign(SECRET);
+        assert!(v.verify(&minted).is_ok());
+        // A token without them is refused by this verifier, and accepted by one without policy.
+        let plain = mint(SECRET, "alice", false, 60);
+        assert!(v.verify(&plain).is_err());
+        assert!(verifier().verify(&plain).is_ok());
+        // Without a configured audience, a token naming one is refused.
+        assert_eq!(refusal(&verifier(), &minted), Refusal::WrongAudience);
+    }
+
+    #[test]
+    fn a_token_living_too_long_is_refused() {
+        let v = Verifier::new(
+            SECRET,
+            &TokenPolicy {
+                max_lifetime_secs: 3600,
+                ..TokenPolicy::default()
+            },
+        )
+        .unwrap();
+        assert!(v.verify(&mint(SECRET, "alice", false, 3600)).is_ok());
+        assert_eq!(
+            refusal(&v, &mint(SECRET, "alice", false, 3601)),
+            Refusal::LifetimeTooLong
+        );
+        // Backdating `iat` does not help: the lifetime is `exp - iat`, whatever is left of it.
+        let now = now_secs();
+        let backdated = sign(&json!({"sub": "alice", "iat": now - 86_400, "exp": now + 60}));
+        assert_eq!(refusal(&v, &backdated), Refusal::LifetimeTooLong);
+        // Nor does an `iat` in the future that would make a long-lived token look short.
+        let future = sign(&json!({"sub": "alice", "iat": now + 86_400, "exp": now + 87_000}));
+        assert_eq!(refusal(&v, &future), Refusal::IssuedInFuture);
+        // `exp` before `iat` is nonsense.
+        let inverted = sign(&json!({"sub": "alice", "iat": now, "exp": now - 1}));
+        assert_eq!(refusal(&v, &inverted), Refusal::LifetimeTooLong);
+    }
+
+    #[test]
+    fn a_token_without_iat_is_refused() {
+        let now = now_secs();
+        let token = sign(&json!({"sub": "alice", "exp": now + 60}));
+        assert_eq!(
+            refusal(&verifier(), &token),
+            Refusal::MissingClaim("iat".into())
+        );
+    }
+
+    #[test]
+    fn a_valid_token_with_every_claim_is_accepted() {
+        let policy = TokenPolicy {
+            issuer: Some("issuer".into()),
+            audience: Some("wallet".into()),
+            max_lifetime_secs: 600,
+        };
+        let v = Verifier::new(SECRET, &policy).unwrap();
+        let now = now_secs();
+        let token = sign(&json!({
+            "sub": "ops", "scope": "read admin", "iat": now, "nbf": now, "exp": now + 600,
+            "iss": "issuer", "aud": "wallet",
+        }));
+        assert_eq!(
+            v.verify_header(Some(&format!("Bearer {token}"))).unwrap(),
+            Principal {
+                sub: "ops".into(),
+                admin: true
+            }
+        );
+    }
+
+    #[test]
+    fn weak_secrets_are_refused() {
+        assert_eq!(
+            check_secret("dev-only-jwt-secret-change-me"),
+            Err(WeakSecret::Placeholder)
+        );
+        assert_eq!(
+            check_secret("please-CHANGE_ME-before-production-0123456789"),
+            Err(WeakSecret::Placeholder)
+        );
+        assert_eq!(
+            check_secret("0123456789abcdef0123456789abcde"),
+            Err(WeakSecret::TooShort(31))
+        );
+        assert_eq!(check_secret(&"ab".repeat(32)), Err(WeakSecret::Placeholder));
+        assert!(Verifier::new("short", &TokenPolicy::default()).is_err());
+        // The message names the setting and the fix, never the secret.
+        let msg = check_secret("tooshort-secret").unwrap_err().to_string();
+        assert!(msg.contains("AUTH_JWT_SECRET") && msg.contains("at least 32"));
+        assert!(!msg.contains("tooshort-secret"));
+        // What scripts/up generates (32 random bytes as hex) and the tests' secrets pass.
+        assert!(check_secret(&"0123456789abcdef".repeat(4)).is_ok());
+        assert!(check_secret(SECRET).is_ok());
+        assert!(check_secret("integration-test-secret-0123456789").is_ok());
     }
 
     fn b64(s: &str) -> String {

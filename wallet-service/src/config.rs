@@ -20,13 +20,44 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Parsing accepts anything: a secret is checked where it is used ([`crate::auth::check_secret`]),
+/// because a parse error would have clap print the value.
 impl std::str::FromStr for Secret {
-    type Err = String;
+    type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() < 16 {
-            return Err("AUTH_JWT_SECRET must be at least 16 bytes".into());
-        }
         Ok(Self(s.to_owned()))
+    }
+}
+
+/// Bearer token settings, shared by `serve` (verifying) and `token` (minting).
+#[derive(Debug, Clone, Args)]
+pub struct AuthConfig {
+    /// HMAC secret of the HS256 bearer tokens: at least 32 random bytes (`openssl rand -hex
+    /// 32`); the service refuses to start with a shorter one or a known placeholder.
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Secret,
+    /// Required `iss` claim of every token (unset: not checked); `token` writes it.
+    #[arg(long = "auth-issuer", visible_alias = "iss", env = "AUTH_ISSUER")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim of every token (unset: tokens naming an audience are refused);
+    /// `token` writes it.
+    #[arg(long = "auth-audience", visible_alias = "aud", env = "AUTH_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Longest lifetime (`exp - iat`) of an accepted token, in seconds; tokens without `iat`
+    /// are refused, and `token --ttl` may not exceed it.
+    #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME_SECS", default_value_t = crate::auth::DEFAULT_MAX_LIFETIME_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_token_lifetime_secs: u64,
+}
+
+impl AuthConfig {
+    /// What tokens must satisfy; an empty issuer or audience counts as unset.
+    pub fn policy(&self) -> crate::auth::TokenPolicy {
+        let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        crate::auth::TokenPolicy {
+            issuer: set(&self.issuer),
+            audience: set(&self.audience),
+            max_lifetime_secs: self.max_token_lifetime_secs,
+        }
     }
 }
 
@@ -73,6 +104,24 @@ pub struct DispatcherConfig {
     /// How long published outbox rows are kept before they are pruned.
     #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 86_400)]
     pub outbox_retention_secs: i64,
+    /// How long the result consumer remembers an applied event id. Past it a redelivered
+    /// result still changes nothing (the payment is final), it is just not told apart from
+    /// a new one. Kafka keeps messages 7 days by default, hence the default.
+    #[arg(long, env = "INBOX_RETENTION_SECS", default_value_t = 604_800)]
+    pub inbox_retention_secs: i64,
+    /// Time between two pruning passes.
+    #[arg(long = "prune-interval-ms", env = "PRUNE_INTERVAL_MS", default_value = "10000", value_parser = parse_duration_ms)]
+    pub prune_interval: Duration,
+}
+
+impl DispatcherConfig {
+    pub fn retention(&self) -> crate::housekeeping::Retention {
+        crate::housekeeping::Retention {
+            outbox_secs: self.outbox_retention_secs,
+            inbox_secs: self.inbox_retention_secs,
+            every: self.prune_interval,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -80,9 +129,11 @@ pub struct ServeConfig {
     /// Address the HTTP API listens on.
     #[arg(long, env = "WALLET_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
-    /// HMAC secret of the HS256 bearer tokens.
-    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Secret,
+    /// Address of `GET /metrics` (Prometheus), a listener of its own kept off the API's port.
+    #[arg(long, env = "WALLET_METRICS_BIND", default_value = "127.0.0.1:9180")]
+    pub metrics_bind: String,
+    #[command(flatten)]
+    pub auth: AuthConfig,
     /// A request still running after this long answers 503.
     #[arg(long = "request-timeout-ms", env = "REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = parse_duration_ms)]
     pub request_timeout: Duration,
@@ -102,8 +153,16 @@ pub struct ServeConfig {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
     /// Re-drive payments still pending after this many seconds (0 disables the reconciler).
-    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 60)]
-    pub reconcile_after_secs: u64,
+    /// Fractions are allowed. Each further re-drive of the same payment waits twice as long.
+    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 60.0)]
+    pub reconcile_after_secs: f64,
+    /// The longest wait between two re-drives of one payment, in seconds.
+    #[arg(long, env = "RECONCILE_MAX_BACKOFF_SECS", default_value_t = 3600.0)]
+    pub reconcile_max_backoff_secs: f64,
+    /// Re-drives of one payment before the reconciler gives up on it and flags it for an
+    /// operator (`wallet-service review`); the hold stays until its result arrives.
+    #[arg(long, env = "RECONCILE_MAX_REDRIVES", default_value_t = 8)]
+    pub reconcile_max_redrives: i32,
     /// Large-payment alert thresholds in minor units, `CUR=AMOUNT` pairs, `*` for every
     /// other currency (e.g. `EUR=500000,*=1000000`); empty disables alerts.
     #[arg(long, env = "ALERT_THRESHOLDS", default_value = "*=1000000", value_parser = crate::alerts::AlertThresholds::parse)]

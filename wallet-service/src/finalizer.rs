@@ -6,15 +6,18 @@
 //! applied (unparseable, unknown version, unknown payment) is copied to the dead-letter topic
 //! before its offset is committed, so it never blocks the partition.
 
+use crate::store::errors::refusal;
 use crate::store::payments::{self, Applied};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use shared::backoff::Backoff;
-use shared::events::decode_result;
+use shared::events::{decode_result, PaymentResult};
 use shared::shutdown::Shutdown;
+use shared::status::PaymentStatus;
 use shared::topology::KafkaTopics;
+use sqlx::Acquire;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,6 +49,10 @@ pub fn describe_metrics() {
         "Results ignored because they were already applied or the payment was already final."
     );
     metrics::describe_counter!(
+        "payment_outcome_conflicts_total",
+        "Results contradicting a payment's final status (kept in payment_outcome_conflicts)."
+    );
+    metrics::describe_counter!(
         "results_dead_lettered_total",
         "Results sent to the dead-letter topic, by reason."
     );
@@ -63,6 +70,37 @@ pub enum Stopped {
     /// The consumer kept failing; the caller should build a fresh one. librdkafka can stay
     /// stuck in "all brokers down" after a broker restart even once the broker is back.
     Unhealthy,
+}
+
+/// How a batch goes to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// All results in one transaction: the normal, cheap case.
+    Together,
+    /// Each result under its own savepoint, after the database refused one: a refusal that
+    /// no retry can fix is dead-lettered alone and the rest of the batch is applied.
+    OneByOne,
+}
+
+/// The database refused a result's data for a reason retrying cannot fix.
+fn refused(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .is_some_and(|e| refusal(e).is_some())
+}
+
+async fn apply_one(
+    conn: &mut sqlx::PgConnection,
+    r: &PaymentResult,
+) -> Result<Applied, sqlx::Error> {
+    payments::finalize(
+        conn,
+        r.event_id,
+        r.payment_id,
+        r.outcome,
+        r.failure_reason,
+        r.gateway_reference.as_ref().map(|g| g.as_str()),
+    )
+    .await
 }
 
 /// Consecutive consumer errors for this long mean the consumer is stuck.
@@ -103,11 +141,18 @@ impl Finalizer {
                 }
             }
             // Retry the same batch until it is applied; shutdown abandons it uncommitted, to be
-            // redelivered to whoever owns the partition next.
+            // redelivered to whoever owns the partition next. A refusal by the database that no
+            // retry can fix switches to one savepoint per result, which sets the refused one
+            // aside (dead letter) and applies the rest.
             let mut attempt = 0;
+            let mut mode = Mode::Together;
             loop {
-                match self.apply_batch(&batch).await {
+                match self.apply_batch(&batch, mode).await {
                     Ok(()) => break,
+                    Err(e) if mode == Mode::Together && refused(&e) => {
+                        tracing::warn!(error = %e, messages = batch.len(), "the database refused a payment result; applying the batch one result at a time to set the refused one aside");
+                        mode = Mode::OneByOne;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, messages = batch.len(), attempt, "applying payment results failed; will retry the batch");
                         let delay = db_backoff.delay(attempt);
@@ -127,9 +172,8 @@ impl Finalizer {
         Stopped::Shutdown
     }
 
-    async fn apply_batch(&self, batch: &[OwnedMessage]) -> anyhow::Result<()> {
+    async fn apply_batch(&self, batch: &[OwnedMessage], mode: Mode) -> anyhow::Result<()> {
         let start = std::time::Instant::now();
-        metrics::counter!("results_consumed_total").increment(batch.len() as u64);
         let decoded: Vec<_> = batch
             .iter()
             .map(|m| decode_result(m.payload().unwrap_or_default()))
@@ -138,40 +182,73 @@ impl Finalizer {
         let mut tx = self.pool.begin().await?;
         let mut finalized = Vec::new();
         let mut dead = Vec::new();
+        let mut conflicts = Vec::new();
         for (msg, d) in batch.iter().zip(&decoded) {
-            match d {
-                Err(poison) => dead.push((msg, poison.label(), poison.to_string())),
-                Ok(r) => {
-                    let applied = payments::finalize(
-                        &mut tx,
-                        r.event_id,
-                        r.payment_id,
-                        r.outcome,
-                        r.failure_reason,
-                        r.gateway_reference.as_deref(),
-                    )
-                    .await?;
-                    match applied {
-                        Applied::Finalized {
-                            status,
-                            pending_for,
-                        } => finalized.push((r, status, pending_for)),
-                        Applied::DuplicateEvent => {
-                            metrics::counter!("results_duplicates_total", "kind" => "event")
-                                .increment(1);
-                            tracing::info!(payment_id = %r.payment_id, event_id = %r.event_id, "duplicate result ignored: event already applied");
+            let r = match d {
+                Err(poison) => {
+                    dead.push((msg, poison.label(), poison.to_string()));
+                    continue;
+                }
+                Ok(r) => r,
+            };
+            let applied = match mode {
+                Mode::Together => apply_one(&mut tx, r).await?,
+                Mode::OneByOne => {
+                    let mut savepoint = (&mut tx).begin().await?;
+                    match apply_one(&mut savepoint, r).await {
+                        Ok(applied) => {
+                            savepoint.commit().await?;
+                            applied
                         }
-                        Applied::AlreadyFinal { status } => {
-                            metrics::counter!("results_duplicates_total", "kind" => "payment_final").increment(1);
-                            tracing::info!(payment_id = %r.payment_id, %status, outcome = r.outcome.as_str(), "result ignored: payment already final");
-                        }
-                        Applied::UnknownPayment => dead.push((
-                            msg,
-                            "unknown_payment",
-                            format!("no payment {}", r.payment_id),
-                        )),
+                        Err(e) => match refusal(&e) {
+                            Some(why) => {
+                                savepoint.rollback().await?;
+                                dead.push((msg, "refused_by_database", why));
+                                continue;
+                            }
+                            None => return Err(e.into()),
+                        },
                     }
                 }
+            };
+            match applied {
+                Applied::Finalized {
+                    status,
+                    pending_for,
+                } => finalized.push((r, status, pending_for)),
+                Applied::DuplicateEvent => {
+                    metrics::counter!("results_duplicates_total", "kind" => "event").increment(1);
+                    tracing::info!(payment_id = %r.payment_id, event_id = %r.event_id, "duplicate result ignored: event already applied");
+                }
+                Applied::AlreadyFinal {
+                    status,
+                    gateway_reference,
+                } if status == PaymentStatus::from(r.outcome) => {
+                    metrics::counter!("results_duplicates_total", "kind" => "payment_final")
+                        .increment(1);
+                    tracing::info!(payment_id = %r.payment_id, %status, gateway_reference, "result ignored: payment already final with this outcome");
+                }
+                Applied::AlreadyFinal {
+                    status,
+                    gateway_reference,
+                } => {
+                    let conflict = payments::Conflict {
+                        event_id: r.event_id,
+                        payment_id: r.payment_id,
+                        recorded_status: status,
+                        recorded_reference: gateway_reference.as_deref(),
+                        reported_outcome: r.outcome,
+                        reported_reason: r.failure_reason,
+                        reported_reference: r.gateway_reference.as_ref().map(|g| g.as_str()),
+                    };
+                    payments::record_conflict(&mut tx, &conflict).await?;
+                    conflicts.push((r, status, gateway_reference));
+                }
+                Applied::UnknownPayment => dead.push((
+                    msg,
+                    "unknown_payment",
+                    format!("no payment {}", r.payment_id),
+                )),
             }
         }
         // Dead letters are produced before the commit: if producing fails, nothing commits
@@ -180,6 +257,7 @@ impl Finalizer {
             self.dead_letter(msg, label, why).await?;
         }
         tx.commit().await?;
+        metrics::counter!("results_consumed_total").increment(batch.len() as u64);
 
         for (r, status, pending_for) in &finalized {
             let reason = r.failure_reason.map(|f| f.as_str()).unwrap_or("");
@@ -187,6 +265,19 @@ impl Finalizer {
             metrics::histogram!("payment_finalization_seconds")
                 .record(pending_for.to_std().unwrap_or_default().as_secs_f64());
             tracing::info!(payment_id = %r.payment_id, %status, reason, "payment finalized");
+        }
+        for (r, status, recorded_reference) in &conflicts {
+            metrics::counter!("payment_outcome_conflicts_total").increment(1);
+            tracing::error!(
+                payment_id = %r.payment_id,
+                event_id = %r.event_id,
+                recorded_status = %status,
+                recorded_reference = recorded_reference.as_deref().unwrap_or(""),
+                reported_outcome = r.outcome.as_str(),
+                reported_reason = r.failure_reason.map(|f| f.as_str()).unwrap_or(""),
+                reported_reference = r.gateway_reference.as_ref().map(|g| g.as_str()).unwrap_or(""),
+                "CONFLICT: the gateway reports an outcome that contradicts the payment's final status; nothing was changed, an operator must reconcile it (payment_outcome_conflicts)"
+            );
         }
         self.commit_offsets(batch)?;
         metrics::histogram!("results_batch_duration_seconds").record(start.elapsed().as_secs_f64());

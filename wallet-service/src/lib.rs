@@ -15,11 +15,13 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod finalizer;
+pub mod housekeeping;
 pub mod http;
 pub mod idempotency;
 pub mod import;
 pub mod outbox;
 pub mod reconciler;
+pub mod review;
 pub mod store;
 
 /// The migrations in `migrations/`, embedded so the binary can apply them itself.

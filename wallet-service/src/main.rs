@@ -29,6 +29,9 @@ enum Command {
         brokers: BrokerConfig,
         #[command(flatten)]
         dispatcher: DispatcherConfig,
+        /// Address `/metrics` is served on (loopback by default; beside `serve`'s 9180).
+        #[arg(long, env = "DISPATCH_METRICS_BIND", default_value = "127.0.0.1:9182")]
+        metrics_bind: String,
     },
     /// Create wallets and deposits from a JSON Lines file (idempotent: re-running the same
     /// file changes nothing). One record per line:
@@ -40,6 +43,21 @@ enum Command {
         #[command(flatten)]
         db: DbConfig,
     },
+    /// List what needs an operator: pending payments the reconciler gave up on, and results
+    /// that contradict a payment's final status. With a flag, act on one of them.
+    Review {
+        /// Give this flagged payment a fresh re-drive budget (the gateway is back).
+        #[arg(long, value_name = "PAYMENT_ID", conflicts_with = "resolve")]
+        redrive: Option<uuid::Uuid>,
+        /// Mark this contradicting result (its event id) as settled.
+        #[arg(long, value_name = "EVENT_ID")]
+        resolve: Option<uuid::Uuid>,
+        /// At most this many lines of each list.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        db: DbConfig,
+    },
     /// Print a signed bearer token for local use.
     Token {
         /// The principal (wallet owner) the token speaks for.
@@ -48,11 +66,13 @@ enum Command {
         /// Grant the operator scope (read everything, deposit).
         #[arg(long)]
         admin: bool,
-        /// Lifetime in seconds.
+        /// Lifetime in seconds, at most AUTH_MAX_TOKEN_LIFETIME_SECS.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
-        #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
-        secret: wallet_service::config::Secret,
+        /// The secret, `iss` (`--iss`), `aud` (`--aud`) and longest lifetime: the settings
+        /// the service verifies with, so the token is one it accepts.
+        #[command(flatten)]
+        auth: wallet_service::config::AuthConfig,
     },
 }
 
@@ -64,12 +84,24 @@ async fn main() -> anyhow::Result<()> {
             sub,
             admin,
             ttl,
-            secret,
+            auth,
         } => {
-            println!(
-                "{}",
-                wallet_service::auth::mint(secret.expose(), &sub, admin, ttl)
+            wallet_service::auth::check_secret(auth.jwt_secret.expose())?;
+            let policy = auth.policy();
+            anyhow::ensure!(
+                ttl <= policy.max_lifetime_secs,
+                "--ttl {ttl} is longer than the service accepts: tokens may live at most {} s \
+                 (AUTH_MAX_TOKEN_LIFETIME_SECS)",
+                policy.max_lifetime_secs
             );
+            let token = wallet_service::auth::Mint {
+                sub: &sub,
+                admin,
+                ttl_secs: ttl,
+                issuer: policy.issuer.as_deref(),
+                audience: policy.audience.as_deref(),
+            };
+            println!("{}", token.sign(auth.jwt_secret.expose()));
             Ok(())
         }
         Command::Import { file, db } => {
@@ -97,6 +129,29 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Review {
+            redrive,
+            resolve,
+            limit,
+            db,
+        } => {
+            let pool = wallet_service::app::connect_db(&db).await?;
+            if let Some(id) = redrive {
+                let done = wallet_service::review::redrive(&pool, id).await?;
+                anyhow::ensure!(
+                    done,
+                    "payment {id} is not pending and flagged for attention"
+                );
+                println!("payment {id}: re-drive budget reset; the reconciler sends it again at its next pass");
+            } else if let Some(id) = resolve {
+                let done = wallet_service::review::resolve_conflict(&pool, id).await?;
+                anyhow::ensure!(done, "no open conflict for event {id}");
+                println!("conflict {id}: marked resolved");
+            } else {
+                print!("{}", wallet_service::review::report(&pool, limit).await?);
+            }
+            Ok(())
+        }
         Command::Migrate(db) => {
             shared::telemetry::init_tracing("wallet-service");
             let pool = wallet_service::app::connect_db(&db).await?;
@@ -111,19 +166,21 @@ async fn main() -> anyhow::Result<()> {
             db,
             brokers,
             dispatcher,
+            metrics_bind,
         } => {
             shared::telemetry::init_tracing("wallet-service-dispatcher");
-            let _metrics = shared::telemetry::install_metrics();
-            let pool = wallet_service::app::connect_db(&db).await?;
+            let metrics = shared::telemetry::install_metrics();
             let shutdown = shared::shutdown::on_signal();
-            let relay = wallet_service::outbox::relay::EventRelay::new(
-                pool.clone(),
-                shared::kafka::producer(&brokers.kafka_brokers)?,
-                &brokers,
-                dispatcher.clone(),
-            );
-            let d = wallet_service::outbox::dispatcher::Dispatcher::new(pool, &brokers, dispatcher);
-            tokio::join!(d.run(shutdown.clone()), relay.run(shutdown));
+            let running = wallet_service::app::dispatch(
+                db,
+                brokers,
+                dispatcher,
+                (&metrics_bind, metrics),
+                shutdown,
+            )
+            .await?;
+            running.wait().await;
+            tracing::info!("wallet-service dispatcher stopped");
             Ok(())
         }
         Command::Serve(cfg) => {

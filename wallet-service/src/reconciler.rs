@@ -3,9 +3,13 @@
 //!
 //! A request can be lost downstream (dead-lettered after repeated unknown outcomes, a queue
 //! purged by an operator); re-driving is always safe because the gateway charges a payment
-//! id at most once and the wallet finalizes a payment at most once. Each payment is re-driven
-//! at most once per deadline, and several wallet-service instances share the work through
-//! `SKIP LOCKED`.
+//! id at most once and the wallet finalizes a payment at most once. Several wallet-service
+//! instances share the work through `SKIP LOCKED`.
+//!
+//! Re-drives of one payment back off exponentially (deadline, 2×, 4×, … up to a cap), and
+//! after a budget of re-drives the payment is flagged for an operator instead of being sent
+//! again: during a long gateway outage the messages sent stay bounded by pending payments ×
+//! budget, rather than growing with pending payments × minutes of outage.
 
 use crate::outbox;
 use shared::events::{PaymentRequested, RequestedPayment};
@@ -18,9 +22,29 @@ use uuid::Uuid;
 
 pub struct Reconciler {
     pub pool: PgPool,
-    /// How long a payment may stay pending before it is re-driven.
-    pub deadline: Duration,
+    pub policy: RedrivePolicy,
     pub batch_size: i64,
+}
+
+/// When a pending payment is sent again, and when the reconciler gives up on it.
+#[derive(Debug, Clone, Copy)]
+pub struct RedrivePolicy {
+    /// How long a payment may stay pending before its first re-drive.
+    pub deadline: Duration,
+    /// The longest wait between two re-drives of one payment.
+    pub max_backoff: Duration,
+    /// Re-drives before the payment is flagged for an operator instead.
+    pub max_redrives: i32,
+}
+
+impl RedrivePolicy {
+    /// The wait after the `n`th re-drive (0 = since acceptance) before the next one.
+    pub fn wait_after(&self, n: i32) -> Duration {
+        let factor = 2f64.powi(n.clamp(0, 30));
+        Duration::from_secs_f64(
+            (self.deadline.as_secs_f64() * factor).min(self.max_backoff.as_secs_f64()),
+        )
+    }
 }
 
 pub fn describe_metrics() {
@@ -32,6 +56,18 @@ pub fn describe_metrics() {
         "payments_pending",
         "Payments accepted and not yet finalized."
     );
+    metrics::describe_counter!(
+        "payments_redrive_exhausted_total",
+        "Pending payments flagged for an operator after their re-drive budget was spent."
+    );
+    metrics::describe_gauge!(
+        "payments_needing_attention",
+        "Pending payments flagged for an operator (listed by `wallet-service review`)."
+    );
+    metrics::describe_gauge!(
+        "payment_outcome_conflicts_open",
+        "Contradicting results not yet resolved by an operator (payment_outcome_conflicts)."
+    );
     metrics::describe_gauge!(
         "payments_pending_oldest_age_seconds",
         metrics::Unit::Seconds,
@@ -41,7 +77,8 @@ pub fn describe_metrics() {
 
 impl Reconciler {
     pub async fn run(self, mut shutdown: Shutdown) {
-        let period = (self.deadline / 4).clamp(Duration::from_millis(200), Duration::from_secs(15));
+        let period =
+            (self.policy.deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
@@ -55,7 +92,10 @@ impl Reconciler {
             match self.redrive_batch().await {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!(payments = n, "re-drove payments pending past the deadline")
+                    tracing::info!(
+                        payments = n,
+                        "re-drove payments pending past their deadline"
+                    )
                 }
                 Err(e) => tracing::warn!(error = %e, "reconciler pass failed; will retry"),
             }
@@ -64,58 +104,120 @@ impl Reconciler {
     }
 
     async fn export_pending(&self) -> Result<(), sqlx::Error> {
-        let (count, age): (i64, f64) = sqlx::query_as(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
+        let (count, age, attention, conflicts): (i64, f64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0),
+                    count(*) FILTER (WHERE attention_since IS NOT NULL),
+                    (SELECT count(*) FROM payment_outcome_conflicts WHERE resolved_at IS NULL)
              FROM payments WHERE status = 'pending'",
         )
         .fetch_one(&self.pool)
         .await?;
         metrics::gauge!("payments_pending").set(count as f64);
         metrics::gauge!("payments_pending_oldest_age_seconds").set(age);
+        metrics::gauge!("payments_needing_attention").set(attention as f64);
+        metrics::gauge!("payment_outcome_conflicts_open").set(conflicts as f64);
         Ok(())
     }
 
-    /// Re-drives one batch of overdue payments. Returns how many.
+    /// Re-drives one batch of overdue payments, flagging those whose budget is spent.
+    /// Returns how many were re-driven.
     pub async fn redrive_batch(&self) -> Result<usize, sqlx::Error> {
+        let p = self.policy;
         let mut tx = self.pool.begin().await?;
-        let overdue: Vec<(Uuid, Uuid, i64, String, String)> = sqlx::query_as(
-            "SELECT id, wallet_id, amount, currency, merchant_id FROM payments
-             WHERE status = 'pending'
-               AND COALESCE(last_redrive_at, created_at) < now() - make_interval(secs => $1)
-             ORDER BY created_at LIMIT $2
+        // Due: the wait after the last re-drive (deadline × 2^count, capped) has passed.
+        let overdue: Vec<Overdue> = sqlx::query_as(
+            "SELECT id, wallet_id, amount, currency, merchant_id, redrive_count FROM payments
+             WHERE status = 'pending' AND attention_since IS NULL
+               AND COALESCE(last_redrive_at, created_at)
+                   + make_interval(secs => LEAST($1 * power(2, LEAST(redrive_count, 30)), $2)) < now()
+             ORDER BY created_at LIMIT $3
              FOR UPDATE SKIP LOCKED",
         )
-        .bind(self.deadline.as_secs_f64())
+        .bind(p.deadline.as_secs_f64())
+        .bind(p.max_backoff.as_secs_f64())
         .bind(self.batch_size)
         .fetch_all(&mut *tx)
         .await?;
-        for (id, wallet_id, amount, currency, merchant_id) in &overdue {
-            let (Ok(amount), Ok(currency)) = (Amount::new(*amount), currency.parse::<Currency>())
+        let (exhausted, due): (Vec<&Overdue>, Vec<&Overdue>) = overdue
+            .iter()
+            .partition(|o| o.redrive_count >= p.max_redrives);
+        let mut redriven = Vec::with_capacity(due.len());
+        for o in due {
+            let (Ok(amount), Ok(currency)) =
+                (Amount::new(o.amount), o.currency.parse::<Currency>())
             else {
-                tracing::error!(payment_id = %id, "pending payment has an invalid amount or currency; not re-driven");
+                tracing::error!(payment_id = %o.id, "pending payment has an invalid amount or currency; not re-driven");
                 continue;
             };
             let event = PaymentRequested::new(
                 EventId::new(),
                 chrono::Utc::now(),
                 RequestedPayment {
-                    id: PaymentId(*id),
-                    wallet_id: WalletId(*wallet_id),
+                    id: PaymentId(o.id),
+                    wallet_id: WalletId(o.wallet_id),
                     amount,
                     currency,
-                    merchant_id: merchant_id.clone(),
+                    merchant_id: o.merchant_id.clone(),
                 },
             );
             outbox::enqueue(&mut tx, &event, &shared::trace::new_traceparent()).await?;
-            tracing::warn!(payment_id = %id, "payment still pending past the deadline; re-driving it");
+            tracing::warn!(
+                payment_id = %o.id,
+                redrive = o.redrive_count + 1,
+                of = p.max_redrives,
+                next_in_secs = p.wait_after(o.redrive_count + 1).as_secs_f64(),
+                "payment still pending past its deadline; re-driving it"
+            );
+            redriven.push(o.id);
         }
-        let ids: Vec<Uuid> = overdue.iter().map(|r| r.0).collect();
         sqlx::query("UPDATE payments SET redrive_count = redrive_count + 1, last_redrive_at = now() WHERE id = ANY($1)")
-            .bind(&ids)
+            .bind(&redriven)
             .execute(&mut *tx)
             .await?;
+        let flagged: Vec<Uuid> = exhausted.iter().map(|o| o.id).collect();
+        if !flagged.is_empty() {
+            sqlx::query("UPDATE payments SET attention_since = now() WHERE id = ANY($1)")
+                .bind(&flagged)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        metrics::counter!("payments_redriven_total").increment(ids.len() as u64);
-        Ok(ids.len())
+        for id in &flagged {
+            tracing::error!(
+                payment_id = %id,
+                redrives = p.max_redrives,
+                "payment still pending after its last re-drive; no more re-drives, funds stay held: an operator must check it with the gateway (wallet-service review)"
+            );
+        }
+        metrics::counter!("payments_redriven_total").increment(redriven.len() as u64);
+        metrics::counter!("payments_redrive_exhausted_total").increment(flagged.len() as u64);
+        Ok(redriven.len())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Overdue {
+    id: Uuid,
+    wallet_id: Uuid,
+    amount: i64,
+    currency: String,
+    merchant_id: String,
+    redrive_count: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_up_to_the_cap() {
+        let p = RedrivePolicy {
+            deadline: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(600),
+            max_redrives: 8,
+        };
+        let waits: Vec<u64> = (0..7).map(|n| p.wait_after(n).as_secs()).collect();
+        assert_eq!(waits, [60, 120, 240, 480, 600, 600, 600]);
+        assert_eq!(p.wait_after(i32::MAX).as_secs(), 600);
     }
 }

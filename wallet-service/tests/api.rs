@@ -570,13 +570,20 @@ async fn operational_endpoints_and_unknown_routes(pool: PgPool) {
         .await
         .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let r = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap();
+    // Metrics are served on their own listener, not on the API's port.
+    let r = app.http.get(&app.metrics_url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("http_requests_total"));
+    problem(
+        app.http
+            .get(format!("{}/metrics", app.url))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     problem(
         app.get("/v1/nothing-here", &token("alice")).await,
         StatusCode::NOT_FOUND,
@@ -787,5 +794,27 @@ async fn a_replayed_key_is_free_again_at_once(pool: PgPool) {
         assert_eq!(again.headers()["idempotent-replayed"], "true");
         assert_eq!(again.json::<Value>().await.unwrap(), first);
     }
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn an_owner_id_with_control_characters_is_refused_and_nothing_is_created(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    for owner in ["bob\u{0}", "bob\nmallory", "", &"x".repeat(256)] {
+        let r = app
+            .post(
+                "/v1/wallets",
+                &admin_token(),
+                None,
+                &json!({"currency": "EUR", "owner_id": owner}),
+            )
+            .await;
+        let body = problem(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert!(
+            body["detail"].as_str().unwrap().contains("owner_id"),
+            "{body}"
+        );
+    }
+    assert_eq!(count(&pool, "wallets").await, 0);
     app.stop().await;
 }

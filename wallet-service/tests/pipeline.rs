@@ -4,13 +4,13 @@
 
 mod common;
 
+use common::pipeline::*;
 use common::*;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shared::events::PaymentResult;
@@ -21,116 +21,6 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A gateway of its own, in memory; built field by field, so nothing of the running
-/// system's environment (.run/env) leaks in.
-async fn gateway(latency_ms: u64) -> mock_gateway::Running {
-    let cfg = mock_gateway::Config {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        latency_ms,
-        decline_rate: 0.0,
-        error_rate: 0.0,
-        seed: Some(42),
-        data_file: None,
-    };
-    mock_gateway::spawn(cfg).await.expect("gateway starts")
-}
-
-struct Processor {
-    trigger: shared::shutdown::Trigger,
-    running: processor_service::Running,
-}
-
-async fn processor(prefix: &str, gateway_url: &str) -> Processor {
-    processor_with(prefix, gateway_url, 1000, 3).await
-}
-
-async fn processor_with(
-    prefix: &str,
-    gateway_url: &str,
-    timeout_ms: u64,
-    attempts: u32,
-) -> Processor {
-    // Field by field, so nothing of the environment leaks in; the rest are the defaults.
-    let cfg = processor_service::config::Config {
-        bind: "127.0.0.1:0".into(),
-        amqp_url: amqp_url(),
-        kafka_brokers: kafka_brokers(),
-        gateway_url: gateway_url.into(),
-        gateway_timeout: Duration::from_millis(timeout_ms),
-        gateway_attempts: attempts,
-        gateway_backoff: Duration::from_millis(20),
-        concurrency: 64,
-        drain_timeout: Duration::from_millis(20_000),
-        broker_prefix: prefix.into(),
-    };
-    let (trigger, shutdown) = shared::shutdown::channel();
-    let running = processor_service::start(cfg, shared::telemetry::install_metrics(), shutdown)
-        .await
-        .expect("processor starts");
-    Processor { trigger, running }
-}
-
-impl Processor {
-    async fn stop(self) {
-        self.trigger.fire();
-        tokio::time::timeout(Duration::from_secs(30), self.running.wait())
-            .await
-            .expect("processor drains");
-    }
-}
-
-async fn gateway_stats(gw: &mock_gateway::Running) -> Value {
-    reqwest::get(gw.url("/v1/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn pending_count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'pending'")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-/// A channel on a new RabbitMQ connection (kept alongside, so it stays open).
-async fn amqp_channel() -> (Connection, Channel) {
-    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    (conn, channel)
-}
-
-/// Messages ready in `queue`, by a passive declare (which closes the channel if the queue
-/// does not exist).
-async fn queue_len(channel: &Channel, queue: &str) -> lapin::Result<u32> {
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(q.message_count())
-}
-
-/// Raw bytes onto the results topic under `key`, as the processor would publish a result.
-async fn send_result(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("delivered");
-}
 
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn payments_flow_from_api_to_finalized_balances(pool: PgPool) {
@@ -235,7 +125,7 @@ async fn duplicate_conflicting_and_poison_results_change_nothing(pool: PgPool) {
         pid,
         Outcome::Succeeded,
         None,
-        Some("ch_1".into()),
+        Some("ch_1".try_into().unwrap()),
     );
     send(serde_json::to_vec(&success).unwrap()).await;
     send(serde_json::to_vec(&success).unwrap()).await; // redelivered
@@ -289,6 +179,25 @@ async fn duplicate_conflicting_and_poison_results_change_nothing(pool: PgPool) {
             .unwrap();
     assert_eq!(captures, 1);
     assert_money_conserved(&pool).await;
+
+    // The late failure contradicts the success: kept for operators, not counted as a replay.
+    let conflicts = wallet_service::review::open_conflicts(&pool, 10)
+        .await
+        .unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].payment_id, pid.0);
+    assert_eq!(conflicts[0].event_id, late_failure.event_id.0);
+    assert_eq!(
+        (
+            conflicts[0].recorded_status.as_str(),
+            conflicts[0].recorded_reference.as_deref(),
+            conflicts[0].reported_outcome.as_str(),
+            conflicts[0].reported_reason.as_deref()
+        ),
+        ("succeeded", Some("ch_1"), "failed", Some("declined"))
+    );
+    let report = wallet_service::review::report(&pool, 10).await.unwrap();
+    assert!(report.contains(&pid.to_string()), "{report}");
 
     // The three unprocessable messages are on the dead-letter topic.
     let dlq: shared::kafka::Consumer =
@@ -470,7 +379,7 @@ async fn the_reconciler_redrives_a_lost_request_and_it_is_charged_once(pool: PgP
     let app = spawn(
         pool.clone(),
         Opts {
-            reconcile_after_secs: 1,
+            reconcile_after_secs: 1.0,
             ..Opts::pipeline()
         },
     )

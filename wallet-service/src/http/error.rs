@@ -48,32 +48,24 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::Io(_)
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_) => Self::Unavailable(e),
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("22003") => {
-                // numeric_value_out_of_range: a balance would leave bigint.
-                Self::Validation("amount would overflow the wallet balance".into())
-            }
-            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_transient) => {
-                Self::Unavailable(e)
-            }
-            _ => Self::Internal(e.into()),
+        if crate::store::errors::is_transient(&e) {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e.into())
         }
     }
 }
 
-/// SQLSTATEs that say "try again later", not "your request is wrong": connection loss,
-/// shutdown, lock and statement timeouts, serialization failures and deadlocks, resource
-/// exhaustion.
-fn is_transient(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || matches!(code, "55P03" | "57014" | "40001" | "40P01")
+impl ApiError {
+    /// For the statements that add to a balance: a sum past `bigint` (SQLSTATE 22003) is the
+    /// request's fault, not the server's. Reads never get this meaning.
+    pub fn from_balance_write(e: sqlx::Error) -> Self {
+        if crate::store::errors::is_out_of_range(&e) {
+            Self::Validation("amount would overflow the wallet balance".into())
+        } else {
+            e.into()
+        }
+    }
 }
 
 impl ApiError {

@@ -13,7 +13,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
-use shared::telemetry::PrometheusHandle;
+use shared::telemetry::ReadinessCache;
 use sqlx::PgPool;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -27,7 +27,6 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     pub db: PgPool,
     pub verifier: Verifier,
-    pub metrics: PrometheusHandle,
     pub health: Health,
     /// Large-payment alert thresholds.
     pub alerts: Arc<crate::alerts::AlertThresholds>,
@@ -42,6 +41,9 @@ pub struct Health {
     pub amqp: Option<Arc<AtomicBool>>,
     /// A Kafka client of the result consumer's side (absent when it runs elsewhere).
     pub kafka: Option<rdkafka::producer::FutureProducer>,
+    /// The last probe, reused for a second: a flood of `/readyz` does not compete with
+    /// payments for the pool.
+    pub cache: Arc<ReadinessCache>,
 }
 
 /// A request still running after `limit` answers 503 in the project's error format (its
@@ -76,12 +78,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| {
             deadline(request_timeout, req, next)
         }))
-        .with_state(state.clone());
-    Router::new()
-        .route(
-            "/metrics",
-            get(shared::telemetry::render_metrics).with_state(state.metrics),
-        )
-        .merge(api)
-        .layer(axum::middleware::from_fn(shared::telemetry::track_http))
+        .with_state(state);
+    // `/metrics` is not here: it has a listener of its own (`WALLET_METRICS_BIND`).
+    api.layer(axum::middleware::from_fn(shared::telemetry::track_http))
 }

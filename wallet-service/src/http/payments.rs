@@ -42,7 +42,7 @@ pub async fn create(
         let traceparent = shared::trace::new_traceparent();
         let alert_threshold = state.alerts.for_currency(currency);
         let new = NewPayment { wallet_id, owner_id: &p.sub, amount, currency, merchant_id, description, alert_threshold };
-        match payments::accept(guard.conn(), new, p.admin, &traceparent).await? {
+        match payments::accept(guard.conn(), new, p.admin, &traceparent).await.map_err(ApiError::from_balance_write)? {
             AcceptOutcome::Accepted(payment) => {
                 tracing::info!(payment_id = %payment.id, %wallet_id, amount = %amount, %currency, merchant_id, traceparent, "payment accepted; funds held");
                 if let Some(threshold) = alert_threshold.filter(|t| amount >= *t) {

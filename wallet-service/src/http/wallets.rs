@@ -49,12 +49,9 @@ pub async fn create(
         let currency = f.currency()?;
         let owner = match f.opt_str("owner_id")? {
             None => p.sub.as_str(),
-            Some(o) if o == p.sub || p.admin => {
-                if o.is_empty() || o.len() > 255 {
-                    return Err(ApiError::Validation("`owner_id` must be 1 to 255 bytes".into()));
-                }
-                o
-            }
+            // The same rule as every other text field: 1 to 255 characters (the column's
+            // CHECK), no control characters.
+            Some(o) if o == p.sub || p.admin => f.text("owner_id", 1, 255)?,
             Some(_) => return Err(ApiError::Forbidden("only the admin scope may create wallets for another owner")),
         };
         let wallet = wallets::create(guard.conn(), owner, currency).await?;
@@ -115,7 +112,7 @@ pub async fn deposit(
         let amount = f.amount()?;
         let currency = f.currency()?;
         let reference = f.opt_text("reference", 255)?;
-        match wallets::deposit(guard.conn(), uuid::Uuid::now_v7(), wallet_id, amount, currency, reference).await? {
+        match wallets::deposit(guard.conn(), uuid::Uuid::now_v7(), wallet_id, amount, currency, reference).await.map_err(ApiError::from_balance_write)? {
             wallets::DepositOutcome::Done(d) => {
                 tracing::info!(%wallet_id, deposit_id = %d.id, amount = %amount, %currency, "deposit credited");
                 metrics::counter!("deposits_total").increment(1);

@@ -7,7 +7,7 @@
 //! again (at-least-once) and the consumers deduplicate.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
-use crate::outbox::{self, Wakeup};
+use crate::outbox::Wakeup;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shared::backoff::Backoff;
@@ -232,35 +232,5 @@ impl Dispatcher {
         metrics::histogram!("outbox_publish_batch_duration_seconds")
             .record(start.elapsed().as_secs_f64());
         Ok(rows.len())
-    }
-}
-
-/// Periodically exports the outbox backlog gauges and prunes old rows.
-pub async fn maintain(pool: PgPool, retention_secs: i64, mut shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut prune_every = 0u32;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait() => return,
-        }
-        if let Ok(channels) = outbox::backlog(&pool).await {
-            for (channel, count, age) in channels {
-                metrics::gauge!("outbox_backlog", "channel" => channel.clone()).set(count as f64);
-                metrics::gauge!("outbox_oldest_unpublished_age_seconds", "channel" => channel)
-                    .set(age);
-            }
-        }
-        prune_every += 1;
-        if prune_every.is_multiple_of(60) {
-            match outbox::prune(&pool, retention_secs).await {
-                Ok(n) if n > 0 => tracing::info!(
-                    rows = n,
-                    "pruned published outbox rows and expired idempotency keys"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "pruning failed"),
-            }
-        }
     }
 }

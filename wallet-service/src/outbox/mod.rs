@@ -175,21 +175,3 @@ pub async fn backlog(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, f64)>, sql
     .fetch_all(pool)
     .await
 }
-
-/// Deletes published rows older than the retention, and expired idempotency keys.
-pub async fn prune(pool: &sqlx::PgPool, retention_secs: i64) -> Result<u64, sqlx::Error> {
-    let outbox = sqlx::query(
-        "DELETE FROM outbox WHERE id IN (
-            SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8) LIMIT 10000)",
-    )
-    .bind(retention_secs as f64)
-    .execute(pool)
-    .await?;
-    let keys = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE (principal, key) IN (
-            SELECT principal, key FROM idempotency_keys WHERE expires_at < now() LIMIT 10000)",
-    )
-    .execute(pool)
-    .await?;
-    Ok(outbox.rows_affected() + keys.rows_affected())
-}

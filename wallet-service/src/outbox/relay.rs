@@ -27,6 +27,9 @@ pub struct EventRelay {
     pub brokers: String,
     pub topics: KafkaTopics,
     pub config: DispatcherConfig,
+    /// The producer is idempotent, so librdkafka itself keeps each partition's order
+    /// through retries; otherwise the relay sends a wallet's events one round at a time.
+    pub ordered_by_producer: bool,
 }
 
 pub fn describe_metrics() {
@@ -67,6 +70,7 @@ impl EventRelay {
             brokers: brokers.kafka_brokers.clone(),
             topics: KafkaTopics::with_prefix(&brokers.broker_prefix),
             config,
+            ordered_by_producer: shared::kafka::idempotence_enabled(),
         }
     }
 
@@ -138,42 +142,59 @@ impl EventRelay {
             return Ok(0);
         }
         let start = Instant::now();
-        let mut deliveries = Vec::with_capacity(rows.len());
-        for (id, wallet_id, event_type, channel, payload, traceparent) in &rows {
-            let body = serde_json::to_vec(payload).expect("a JSON value serializes");
-            let (key, event_id) = (wallet_id.to_string(), id.to_string());
-            let mut headers = vec![("event_type", event_type.as_str()), ("event_id", &event_id)];
-            if let Some(t) = traceparent {
-                headers.push(("traceparent", t));
-            }
-            let record = FutureRecord::to(self.topic(channel))
-                .key(&key)
-                .payload(&body)
-                .headers(shared::kafka::headers(headers));
-            // Queue everything first, then wait: one round of acknowledgements per batch.
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(e, _)| anyhow::anyhow!("queueing an event for Kafka: {e}"))?;
-            deliveries.push((*id, channel.as_str(), event_type.as_str(), delivery));
-        }
-        // Only the rows before the first failure are marked: the rest are sent again after
-        // it, so a wallet's later event is never marked while an earlier one is still owed.
-        let mut published = Vec::with_capacity(deliveries.len());
+        // Per wallet, an event is sent only after the one before it was acknowledged (one
+        // round per position); all wallets of a round go out together. Without an idempotent
+        // producer a failed send followed by a successful one would otherwise put a wallet's
+        // later event on its partition before the earlier one's retry. With idempotence
+        // librdkafka keeps the partition's order itself, so the whole batch is one round.
+        let rounds = if self.ordered_by_producer {
+            vec![rows.iter().collect::<Vec<_>>()]
+        } else {
+            rounds_by_wallet(&rows)
+        };
+        let mut published = Vec::with_capacity(rows.len());
         let mut failed = 0u64;
-        for (id, channel, event_type, delivery) in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) if failed > 0 => {}
-                Ok(Ok(_)) => {
-                    metrics::counter!("events_published_total", "topic" => self.topic(channel).to_owned()).increment(1);
-                    tracing::debug!(event_id = %id, event_type, "event published");
-                    published.push(id);
+        for round in rounds {
+            let mut deliveries = Vec::with_capacity(round.len());
+            for (id, wallet_id, event_type, channel, payload, traceparent) in round {
+                let body = serde_json::to_vec(payload).expect("a JSON value serializes");
+                let (key, event_id) = (wallet_id.to_string(), id.to_string());
+                let mut headers =
+                    vec![("event_type", event_type.as_str()), ("event_id", &event_id)];
+                if let Some(t) = traceparent {
+                    headers.push(("traceparent", t));
                 }
-                Ok(Err((e, _))) => {
-                    tracing::warn!(event_id = %id, event_type, error = %e, "Kafka did not acknowledge an event; it will be sent again");
-                    failed += 1;
+                let record = FutureRecord::to(self.topic(channel))
+                    .key(&key)
+                    .payload(&body)
+                    .headers(shared::kafka::headers(headers));
+                // Queue the round first, then wait: one round of acknowledgements.
+                let delivery = self
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| anyhow::anyhow!("queueing an event for Kafka: {e}"))?;
+                deliveries.push((*id, channel.as_str(), event_type.as_str(), delivery));
+            }
+            // Only the rows before the first failure are marked: the rest are sent again
+            // after it, so a wallet's later event is never marked while an earlier one is
+            // still owed; and no later round is sent.
+            for (id, channel, event_type, delivery) in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) if failed > 0 => {}
+                    Ok(Ok(_)) => {
+                        metrics::counter!("events_published_total", "topic" => self.topic(channel).to_owned()).increment(1);
+                        tracing::debug!(event_id = %id, event_type, "event published");
+                        published.push(id);
+                    }
+                    Ok(Err((e, _))) => {
+                        tracing::warn!(event_id = %id, event_type, error = %e, "Kafka did not acknowledge an event; it will be sent again");
+                        failed += 1;
+                    }
+                    Err(_) => failed += 1,
                 }
-                Err(_) => failed += 1,
+            }
+            if failed > 0 {
+                break;
             }
         }
         sqlx::query(
@@ -190,5 +211,53 @@ impl EventRelay {
             anyhow::bail!("{failed} of {} events were not acknowledged", rows.len());
         }
         Ok(rows.len())
+    }
+}
+
+/// Splits rows (in `seq` order) into rounds: round `n` holds each wallet's `n`th row, in
+/// `seq` order, so that sending round by round keeps every wallet's order.
+fn rounds_by_wallet<R: HasWallet>(rows: &[R]) -> Vec<Vec<&R>> {
+    let mut position: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    let mut rounds: Vec<Vec<&R>> = Vec::new();
+    for row in rows {
+        let n = position.entry(row.wallet()).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(row);
+        *n += 1;
+    }
+    rounds
+}
+
+trait HasWallet {
+    fn wallet(&self) -> Uuid;
+}
+
+impl HasWallet for Claimed {
+    fn wallet(&self) -> Uuid {
+        self.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl HasWallet for (Uuid, u32) {
+        fn wallet(&self) -> Uuid {
+            self.0
+        }
+    }
+
+    #[test]
+    fn each_round_holds_one_event_per_wallet_in_order() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let rows = vec![(a, 1), (b, 2), (a, 3), (a, 4), (b, 5)];
+        let rounds: Vec<Vec<u32>> = rounds_by_wallet(&rows)
+            .into_iter()
+            .map(|r| r.into_iter().map(|x| x.1).collect())
+            .collect();
+        assert_eq!(rounds, vec![vec![1, 2], vec![3, 5], vec![4]]);
     }
 }

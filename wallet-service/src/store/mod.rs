@@ -2,6 +2,7 @@
 //! transaction) so callers decide what commits together.
 
 pub mod cursor;
+pub mod errors;
 pub mod ledger;
 pub mod payments;
 pub mod summary;

@@ -247,8 +247,12 @@ pub enum Applied {
     },
     /// This event id was applied before.
     DuplicateEvent,
-    /// The payment was already final; the result changes nothing.
-    AlreadyFinal { status: PaymentStatus },
+    /// The payment was already final; the result changes nothing. When `status` is not the
+    /// result's outcome, the two disagree: see [`record_conflict`].
+    AlreadyFinal {
+        status: PaymentStatus,
+        gateway_reference: Option<String>,
+    },
     /// No such payment.
     UnknownPayment,
 }
@@ -324,13 +328,19 @@ pub async fn finalize(
         finalized_at,
     }) = moved
     else {
-        let current: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM payments WHERE id = $1")
+        let current: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, gateway_reference FROM payments WHERE id = $1")
                 .bind(payment_id.0)
                 .fetch_optional(&mut *conn)
                 .await?;
-        return Ok(match current.and_then(|(s,)| PaymentStatus::parse(&s)) {
-            Some(status) => Applied::AlreadyFinal { status },
+        return Ok(match current {
+            Some((s, gateway_reference)) => match PaymentStatus::parse(&s) {
+                Some(status) => Applied::AlreadyFinal {
+                    status,
+                    gateway_reference,
+                },
+                None => Applied::UnknownPayment,
+            },
             None => Applied::UnknownPayment,
         });
     };
@@ -393,4 +403,38 @@ pub async fn finalize(
         status,
         pending_for: finalized_at - created_at,
     })
+}
+
+/// A result that contradicts a payment's final status, as operators list it
+/// (`payment_outcome_conflicts`).
+pub struct Conflict<'a> {
+    pub event_id: EventId,
+    pub payment_id: PaymentId,
+    pub recorded_status: PaymentStatus,
+    pub recorded_reference: Option<&'a str>,
+    pub reported_outcome: Outcome,
+    pub reported_reason: Option<FailureReason>,
+    pub reported_reference: Option<&'a str>,
+}
+
+/// Keeps a contradicting result for operators. Nothing about the payment changes: which side
+/// is right is for a person to find out with the gateway.
+pub async fn record_conflict(conn: &mut PgConnection, c: &Conflict<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO payment_outcome_conflicts
+           (event_id, payment_id, recorded_status, reported_outcome, reported_reason,
+            reported_reference, recorded_reference)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(c.event_id.0)
+    .bind(c.payment_id.0)
+    .bind(c.recorded_status.as_str())
+    .bind(c.reported_outcome.as_str())
+    .bind(c.reported_reason.map(FailureReason::as_str))
+    .bind(c.reported_reference)
+    .bind(c.recorded_reference)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

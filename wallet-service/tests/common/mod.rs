@@ -7,6 +7,8 @@ use sqlx::PgPool;
 use std::time::{Duration, Instant};
 use wallet_service::config::{BrokerConfig, DbConfig, DispatcherConfig, ServeConfig};
 
+pub mod pipeline;
+
 pub const SECRET: &str = "integration-test-secret-0123456789";
 /// Payments of 500.00 EUR and more raise a `payment.alert` in tests.
 pub const ALERT_THRESHOLDS: &str = "EUR=50000";
@@ -29,7 +31,9 @@ pub struct Opts {
     pub finalizer: bool,
     pub prefix: String,
     /// 0 disables the reconciler.
-    pub reconcile_after_secs: u64,
+    pub reconcile_after_secs: f64,
+    /// (longest wait between re-drives in seconds, re-drives before a payment is flagged).
+    pub redrive_budget: (f64, i32),
     /// (per second, burst); (0, 0) disables the limit.
     pub rate_limit: (u32, u32),
     pub request_timeout: Duration,
@@ -41,7 +45,8 @@ impl Default for Opts {
             dispatcher: false,
             finalizer: false,
             prefix: unique_prefix(),
-            reconcile_after_secs: 0,
+            reconcile_after_secs: 0.0,
+            redrive_budget: (3600.0, 8),
             rate_limit: (0, 0),
             request_timeout: Duration::from_secs(10),
         }
@@ -61,6 +66,8 @@ impl Opts {
 
 pub struct TestApp {
     pub url: String,
+    /// `http://<metrics listener>/metrics` (its own port, not the API's).
+    pub metrics_url: String,
     pub http: Client,
     pub pool: PgPool,
     pub prefix: String,
@@ -83,19 +90,29 @@ pub fn dispatcher_config() -> DispatcherConfig {
         outbox_batch_size: 50,
         outbox_poll_interval: Duration::from_millis(500),
         outbox_retention_secs: 3600,
+        inbox_retention_secs: 3600,
+        prune_interval: Duration::from_secs(10),
     }
 }
 
 pub fn serve_config(opts: &Opts) -> ServeConfig {
     ServeConfig {
         bind: "127.0.0.1:0".into(),
-        jwt_secret: SECRET.parse().unwrap(),
+        metrics_bind: "127.0.0.1:0".into(),
+        auth: wallet_service::config::AuthConfig {
+            jwt_secret: SECRET.parse().unwrap(),
+            issuer: None,
+            audience: None,
+            max_token_lifetime_secs: wallet_service::auth::DEFAULT_MAX_LIFETIME_SECS,
+        },
         request_timeout: opts.request_timeout,
         consumer_group: format!("{}wallet-service", opts.prefix),
         results_batch_size: 64,
         run_dispatcher: opts.dispatcher,
         run_finalizer: opts.finalizer,
         reconcile_after_secs: opts.reconcile_after_secs,
+        reconcile_max_backoff_secs: opts.redrive_budget.0,
+        reconcile_max_redrives: opts.redrive_budget.1,
         rate_limit_per_sec: opts.rate_limit.0,
         rate_limit_burst: opts.rate_limit.1,
         alert_thresholds: wallet_service::alerts::AlertThresholds::parse(ALERT_THRESHOLDS).unwrap(),
@@ -121,6 +138,10 @@ pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
         .expect("app starts");
     TestApp {
         url: format!("http://{}", running.addr),
+        metrics_url: format!(
+            "http://{}/metrics",
+            running.metrics_addr.expect("a metrics listener")
+        ),
         http: Client::new(),
         pool,
         prefix: opts.prefix,

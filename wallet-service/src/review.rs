@@ -1,0 +1,124 @@
+//! `wallet-service review`: what needs an operator. Payments the reconciler gave up on
+//! (still pending, funds held, after their re-drive budget) and results that contradict a
+//! payment's final status. Each line says what to check; the actions are explicit flags.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct NeedsAttention {
+    pub id: Uuid,
+    pub wallet_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub merchant_id: String,
+    pub redrive_count: i32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub attention_since: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct OpenConflict {
+    pub event_id: Uuid,
+    pub payment_id: Uuid,
+    pub recorded_status: String,
+    pub recorded_reference: Option<String>,
+    pub reported_outcome: String,
+    pub reported_reason: Option<String>,
+    pub reported_reference: Option<String>,
+    pub detected_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Pending payments flagged by the reconciler, oldest first (at most `limit`).
+pub async fn needing_attention(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<NeedsAttention>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, wallet_id, amount, currency, merchant_id, redrive_count, created_at, attention_since
+         FROM payments WHERE status = 'pending' AND attention_since IS NOT NULL
+         ORDER BY attention_since LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Unresolved contradicting results, oldest first (at most `limit`).
+pub async fn open_conflicts(pool: &PgPool, limit: i64) -> Result<Vec<OpenConflict>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT event_id, payment_id, recorded_status, recorded_reference, reported_outcome,
+                reported_reason, reported_reference, detected_at
+         FROM payment_outcome_conflicts WHERE resolved_at IS NULL
+         ORDER BY detected_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Gives a flagged payment a fresh re-drive budget (after the gateway is known to be back).
+/// Returns whether such a payment was flagged.
+pub async fn redrive(pool: &PgPool, payment: Uuid) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE payments SET attention_since = NULL, redrive_count = 0, last_redrive_at = NULL
+         WHERE id = $1 AND status = 'pending' AND attention_since IS NOT NULL",
+    )
+    .bind(payment)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Marks a conflict as dealt with (what was done is recorded outside, e.g. a ticket).
+pub async fn resolve_conflict(pool: &PgPool, event: Uuid) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE payment_outcome_conflicts SET resolved_at = now()
+         WHERE event_id = $1 AND resolved_at IS NULL",
+    )
+    .bind(event)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The report `wallet-service review` prints.
+pub async fn report(pool: &PgPool, limit: i64) -> Result<String, sqlx::Error> {
+    use std::fmt::Write;
+    let stuck = needing_attention(pool, limit).await?;
+    let conflicts = open_conflicts(pool, limit).await?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} pending payment(s) need attention (re-drive budget spent, funds still held):",
+        stuck.len()
+    );
+    for p in &stuck {
+        let _ = writeln!(
+            out,
+            "  payment {} wallet {} {} {} merchant {} accepted {} re-driven {}x, flagged {}\n    ask the gateway for charge key {}; then `wallet-service review --redrive {}` once it answers",
+            p.id, p.wallet_id, p.amount, p.currency, p.merchant_id, p.created_at, p.redrive_count, p.attention_since, p.id, p.id
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} contradicting result(s) (gateway and wallet disagree; nothing was changed):",
+        conflicts.len()
+    );
+    for c in &conflicts {
+        let _ = writeln!(
+            out,
+            "  payment {} is {} (ref {}) but event {} reports {}{} (ref {}), detected {}\n    settle it with the gateway, then `wallet-service review --resolve {}`",
+            c.payment_id,
+            c.recorded_status,
+            c.recorded_reference.as_deref().unwrap_or("-"),
+            c.event_id,
+            c.reported_outcome,
+            c.reported_reason.as_deref().map(|r| format!("/{r}")).unwrap_or_default(),
+            c.reported_reference.as_deref().unwrap_or("-"),
+            c.detected_at,
+            c.event_id
+        );
+    }
+    Ok(out)
+}

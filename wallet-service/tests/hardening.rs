@@ -1,0 +1,417 @@
+//! What one bad message or one bad dependency must not do to the rest of the system: a
+//! result the database refuses, a gateway that answers a status nobody knows, a gateway
+//! outage with many payments pending. Real PostgreSQL, RabbitMQ and Kafka broker.
+
+mod common;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use common::pipeline::*;
+use common::*;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use reqwest::StatusCode;
+use shared::events::PaymentResult;
+use shared::ids::{EventId, PaymentId};
+use shared::status::Outcome;
+use shared::topology::KafkaTopics;
+use sqlx::PgPool;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A result, as the processor would publish it, onto one partition of the results topic.
+async fn send_to(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    key: &str,
+    payload: &[u8],
+) {
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("delivered");
+}
+
+fn success(id: PaymentId, reference: &str) -> Vec<u8> {
+    let r = PaymentResult::new(
+        EventId::new(),
+        id,
+        Outcome::Succeeded,
+        None,
+        Some(reference.try_into().unwrap()),
+    );
+    serde_json::to_vec(&r).unwrap()
+}
+
+/// Messages on `topic` across its partitions (high watermarks).
+fn messages_on(consumer: &shared::kafka::Consumer, topic: &str, partitions: i32) -> i64 {
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_result_the_database_refuses_is_dead_lettered_alone_and_its_batch_applies(pool: PgPool) {
+    // The API alone first: payments to finalize, and no consumer yet, so that each partition
+    // holds good results with two bad ones in the middle when the consumer starts, and they
+    // are read in one batch.
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let topics = KafkaTopics::with_prefix(&app.prefix);
+    topics.create(&kafka_brokers()).await.unwrap();
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 100_000, "EUR").await;
+    let per_partition = 6;
+    let mut ids = Vec::new();
+    for _ in 0..topics.partitions * per_partition {
+        let (_, id) = app.pay_id("alice", &wallet, 100, "shop").await;
+        ids.push(id.parse::<PaymentId>().unwrap());
+    }
+    // A refusal no retry can fix, as a value the schema does not allow would be.
+    sqlx::query(
+        "ALTER TABLE payments ADD CONSTRAINT test_refuses_this_reference
+         CHECK (gateway_reference IS DISTINCT FROM 'ch_refused')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let producer = shared::kafka::producer(&kafka_brokers()).unwrap();
+    let (mut good, mut nul, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+    for (p, chunk) in ids.chunks(per_partition as usize).enumerate() {
+        let p = p as i32;
+        for (i, id) in chunk.iter().enumerate() {
+            let key = id.to_string();
+            let payload = match i {
+                // Valid JSON the database cannot store (U+0000 in text): poison at decode.
+                2 => {
+                    nul.push(*id);
+                    success(*id, "ch_ok").replace_nul_reference()
+                }
+                // Decodes fine; the database refuses it (CHECK violation, SQLSTATE 23514).
+                3 => {
+                    refused.push(*id);
+                    success(*id, "ch_refused")
+                }
+                _ => {
+                    good.push(*id);
+                    success(*id, &format!("ch_{i}"))
+                }
+            };
+            send_to(&producer, &topics.results, p, &key, &payload).await;
+        }
+    }
+    let prefix = app.prefix.clone();
+    app.stop().await;
+
+    let app = spawn(
+        pool.clone(),
+        Opts {
+            finalizer: true,
+            prefix,
+            ..Default::default()
+        },
+    )
+    .await;
+    for id in &good {
+        assert_eq!(
+            app.final_status("alice", &id.to_string(), DEADLINE).await,
+            "succeeded",
+            "a good result behind a bad one is applied"
+        );
+    }
+    for id in nul.iter().chain(&refused) {
+        assert_eq!(
+            app.payment("alice", &id.to_string()).await["status"],
+            "pending"
+        );
+    }
+    let held = 100 * (nul.len() + refused.len()) as i64;
+    assert_eq!(app.balance("alice", &wallet).await.1, held);
+    assert_money_conserved(&pool).await;
+
+    // Every bad message is on the dead-letter topic, once, with its reason. The offsets were
+    // committed after the dead letters were produced, so the topic is complete now.
+    let dlq =
+        shared::kafka::consumer(&kafka_brokers(), &format!("{}dlq-reader", app.prefix)).unwrap();
+    let expected = (nul.len() + refused.len()) as i64;
+    assert_eq!(messages_on(&dlq, &topics.results_dlq, 1), expected);
+    dlq.subscribe(&[&topics.results_dlq]).unwrap();
+    let mut seen = BTreeSet::new();
+    while seen.len() < expected as usize {
+        let m = tokio::time::timeout(DEADLINE, dlq.recv())
+            .await
+            .expect("dead letters arrive")
+            .unwrap();
+        let key: PaymentId = std::str::from_utf8(m.key().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let reason = shared::kafka::header_str(&m, "dlq_reason").unwrap();
+        let want = if nul.contains(&key) {
+            "invalid"
+        } else {
+            assert!(refused.contains(&key), "{key} was not a bad message");
+            let detail = shared::kafka::header_str(&m, "dlq_detail").unwrap();
+            assert!(detail.contains("23514"), "{detail}");
+            "refused_by_database"
+        };
+        assert_eq!(reason, want);
+        assert!(seen.insert(key), "{key} dead-lettered twice");
+    }
+    app.stop().await;
+}
+
+trait NulReference {
+    fn replace_nul_reference(self) -> Vec<u8>;
+}
+
+impl NulReference for Vec<u8> {
+    /// The same result with U+0000 in its `gateway_reference` (still valid JSON).
+    fn replace_nul_reference(self) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_slice(&self).unwrap();
+        v["gateway_reference"] = "ch_\u{0}x".into();
+        serde_json::to_vec(&v).unwrap()
+    }
+}
+
+/// A gateway on loopback that answers every call with 200 and `status` for the charge, and
+/// counts charges and voids.
+struct StubGateway {
+    url: String,
+    charges: Arc<AtomicU64>,
+    voids: Arc<AtomicU64>,
+}
+
+async fn stub_gateway(status: &'static str) -> StubGateway {
+    let charges = Arc::new(AtomicU64::new(0));
+    let voids = Arc::new(AtomicU64::new(0));
+    let counters = (charges.clone(), voids.clone());
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (charges, voids) = counters.clone();
+        async move {
+            if req.uri().path().ends_with("/void") {
+                voids.fetch_add(1, Ordering::SeqCst);
+            } else if req.uri().path() == "/v1/charges" {
+                charges.fetch_add(1, Ordering::SeqCst);
+            }
+            axum::Json(serde_json::json!({ "id": "ch_stub", "status": status }))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    StubGateway {
+        url,
+        charges,
+        voids,
+    }
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_gateway_status_nobody_knows_keeps_the_funds_held(pool: PgPool) {
+    // A real gateway may answer `pending` and capture later: releasing the hold then would
+    // create money. The payment must stay pending through retries and the void.
+    let gw = stub_gateway("pending").await;
+    let app = spawn(pool.clone(), Opts::pipeline()).await;
+    let proc = processor_with(&app.prefix, &gw.url, 1_000, 2).await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 1_000, "EUR").await;
+    let (_, id) = app.pay_id("alice", &wallet, 100, "shop").await;
+    // Two charge attempts, then the void; both answered "pending".
+    eventually(
+        "the processor tried the charge and the void",
+        DEADLINE,
+        || async {
+            (gw.charges.load(Ordering::SeqCst) >= 2 && gw.voids.load(Ordering::SeqCst) >= 1)
+                .then_some(())
+        },
+    )
+    .await;
+    proc.stop().await;
+    assert_eq!(app.payment("alice", &id).await["status"], "pending");
+    assert_eq!(
+        app.balance("alice", &wallet).await,
+        (900, 100),
+        "still held"
+    );
+    let topics = KafkaTopics::with_prefix(&app.prefix);
+    let reader =
+        shared::kafka::consumer(&kafka_brokers(), &format!("{}reader", app.prefix)).unwrap();
+    assert_eq!(
+        messages_on(&reader, &topics.results, topics.partitions),
+        0,
+        "no result may be published for an undecided charge"
+    );
+    assert_money_conserved(&pool).await;
+    app.stop().await;
+}
+
+/// A switch in front of a real (mock) gateway: while `down`, every call answers 503, void
+/// included, as during a real outage.
+struct Outage {
+    url: String,
+    down: Arc<AtomicBool>,
+}
+
+async fn outage_in_front_of(target: String) -> Outage {
+    let down = Arc::new(AtomicBool::new(true));
+    let state = (down.clone(), reqwest::Client::new(), target);
+    let app = axum::Router::new().fallback(
+        |State((down, http, target)): State<(Arc<AtomicBool>, reqwest::Client, String)>,
+         req: Request| async move {
+            if down.load(Ordering::SeqCst) {
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let mut forward = http.request(parts.method, format!("{target}{}", parts.uri));
+            for name in ["idempotency-key", "content-type"] {
+                if let Some(v) = parts.headers.get(name) {
+                    forward = forward.header(name, v);
+                }
+            }
+            let r = forward.body(body).send().await.unwrap();
+            let status = r.status();
+            let bytes = r.bytes().await.unwrap();
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(bytes))
+                .unwrap()
+        },
+    );
+    let app = app.with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Outage { url, down }
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_gateway_outage_ends_with_each_payment_charged_at_most_once_and_bounded_messages(
+    pool: PgPool,
+) {
+    // Time scaled down: a 0.5 s deadline and an outage of 12 deadlines (a 10-minute outage
+    // with the default 60 s is 10). Re-sending on every deadline would send each payment 12
+    // times; the budget allows 1 + 3.
+    const PAYMENTS: usize = 1_000;
+    const REDRIVES: i32 = 3;
+    let gw = gateway(0).await;
+    let outage = outage_in_front_of(gw.url("")).await;
+    let app = spawn(
+        pool.clone(),
+        Opts {
+            reconcile_after_secs: 0.5,
+            redrive_budget: (2.0, REDRIVES),
+            ..Opts::pipeline()
+        },
+    )
+    .await;
+    let proc = processor_with(&app.prefix, &outage.url, 200, 2).await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 10_000_000, "EUR").await;
+    let started = std::time::Instant::now();
+    let mut ids = Vec::with_capacity(PAYMENTS);
+    for _ in 0..PAYMENTS {
+        let (_, id) = app.pay_id("alice", &wallet, 100, "shop").await;
+        ids.push(id);
+    }
+    // Stay down for 12 deadlines after the last payment was accepted.
+    tokio::time::sleep(
+        Duration::from_secs(6).saturating_sub(started.elapsed()) + Duration::from_secs(6),
+    )
+    .await;
+    outage.down.store(false, Ordering::SeqCst);
+
+    // Every charge the gateway made ends as a succeeded payment (none released, none charged
+    // twice: the gateway keeps one charge per key), and every payment is final or flagged for
+    // an operator with its hold kept.
+    let succeeded = eventually(
+        "every charged payment succeeded, the rest final or flagged",
+        Duration::from_secs(240),
+        || async {
+            let (succeeded, open): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'succeeded'),
+                    count(*) FILTER (WHERE status = 'pending' AND attention_since IS NULL)
+             FROM payments",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            let charges = gateway_stats(&gw).await["charges"].as_i64().unwrap();
+            (open == 0 && charges == succeeded).then_some(succeeded)
+        },
+    )
+    .await;
+    proc.stop().await;
+    assert_eq!(
+        gateway_stats(&gw).await["charges"].as_i64().unwrap(),
+        succeeded,
+        "no charge after the processor stopped"
+    );
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE channel = 'payments'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let bound = (PAYMENTS as i64) * (1 + i64::from(REDRIVES));
+    assert!(
+        sent <= bound,
+        "{sent} payment requests sent for {PAYMENTS} payments (bound {bound})"
+    );
+    let over_budget: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payments WHERE redrive_count > $1")
+            .bind(REDRIVES)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(over_budget, 0);
+    let flagged = wallet_service::review::needing_attention(&pool, 10_000)
+        .await
+        .unwrap();
+    for f in &flagged {
+        assert_eq!(
+            f.redrive_count, REDRIVES,
+            "only a spent budget flags a payment"
+        );
+        let charge = reqwest::get(gw.url(&format!("/v1/charges/{}", f.id)))
+            .await
+            .unwrap();
+        assert_ne!(
+            charge.status(),
+            StatusCode::OK,
+            "a flagged payment {} was charged",
+            f.id
+        );
+    }
+    // Flagged payments keep their hold: held is exactly what is still pending.
+    let pending_total: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount), 0)::bigint FROM payments WHERE status = 'pending'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(app.balance("alice", &wallet).await.1, pending_total);
+    assert_money_conserved(&pool).await;
+    eprintln!(
+        "outage: {PAYMENTS} payments, {sent} requests sent, {succeeded} succeeded, {} flagged",
+        flagged.len()
+    );
+    app.stop().await;
+}
