@@ -340,26 +340,30 @@ async fn a_gateway_outage_ends_with_each_payment_charged_at_most_once_and_bounde
     .await;
     outage.down.store(false, Ordering::SeqCst);
 
-    // Every charge the gateway made ends as a succeeded payment (none released, none charged
-    // twice: the gateway keeps one charge per key), and every payment is final or flagged for
-    // an operator with its hold kept.
+    // The budget ran out during the outage, so every payment was flagged; the requests
+    // already queued still go through once the gateway is back, and each charge the gateway
+    // makes ends as one succeeded payment (none released, none charged twice: the gateway
+    // keeps one charge per key).
     let succeeded = eventually(
-        "every charged payment succeeded, the rest final or flagged",
+        "every payment final after the outage",
         Duration::from_secs(240),
         || async {
-            let (succeeded, open): (i64, i64) = sqlx::query_as(
+            let (succeeded, pending): (i64, i64) = sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE status = 'succeeded'),
-                    count(*) FILTER (WHERE status = 'pending' AND attention_since IS NULL)
-             FROM payments",
+                        count(*) FILTER (WHERE status = 'pending')
+                 FROM payments",
             )
             .fetch_one(&pool)
             .await
             .unwrap();
-            let charges = gateway_stats(&gw).await["charges"].as_i64().unwrap();
-            (open == 0 && charges == succeeded).then_some(succeeded)
+            (pending == 0).then_some(succeeded)
         },
     )
     .await;
+    assert_eq!(
+        succeeded, PAYMENTS as i64,
+        "no payment failed: none was certainly uncharged"
+    );
     proc.stop().await;
     assert_eq!(
         gateway_stats(&gw).await["charges"].as_i64().unwrap(),
@@ -382,36 +386,30 @@ async fn a_gateway_outage_ends_with_each_payment_charged_at_most_once_and_bounde
             .await
             .unwrap();
     assert_eq!(over_budget, 0);
-    let flagged = wallet_service::review::needing_attention(&pool, 10_000)
-        .await
-        .unwrap();
-    for f in &flagged {
-        assert_eq!(
-            f.redrive_count, REDRIVES,
-            "only a spent budget flags a payment"
-        );
-        let charge = reqwest::get(gw.url(&format!("/v1/charges/{}", f.id)))
-            .await
-            .unwrap();
-        assert_ne!(
-            charge.status(),
-            StatusCode::OK,
-            "a flagged payment {} was charged",
-            f.id
-        );
-    }
-    // Flagged payments keep their hold: held is exactly what is still pending.
-    let pending_total: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(sum(amount), 0)::bigint FROM payments WHERE status = 'pending'",
+    // The outage outlasted the budget: payments were flagged, each after its last re-drive,
+    // and a late success still finalized them (nothing is left for an operator).
+    let (flagged, flagged_early): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE redrive_count <> $1)
+         FROM payments WHERE attention_since IS NOT NULL",
     )
+    .bind(REDRIVES)
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(app.balance("alice", &wallet).await.1, pending_total);
+    assert!(flagged > 0, "the outage outlasted every re-drive budget");
+    assert_eq!(flagged_early, 0, "only a spent budget flags a payment");
+    assert!(wallet_service::review::needing_attention(&pool, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        app.balance("alice", &wallet).await.1,
+        0,
+        "nothing left held"
+    );
     assert_money_conserved(&pool).await;
     eprintln!(
-        "outage: {PAYMENTS} payments, {sent} requests sent, {succeeded} succeeded, {} flagged",
-        flagged.len()
+        "outage: {PAYMENTS} payments, {sent} requests sent, {succeeded} succeeded, {flagged} flagged during the outage"
     );
     app.stop().await;
 }
