@@ -382,7 +382,7 @@ async fn duplicate_results(args: &Args, pool: &PgPool, load: &Load) -> anyhow::R
                 pid,
                 ResultOutcome::Succeeded,
                 None,
-                Some(note.into()),
+                Some(note.try_into().expect("a printable reference")),
             )
         };
         let declined = || {
