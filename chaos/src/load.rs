@@ -4,6 +4,8 @@
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use shared::backoff::Backoff;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -156,13 +158,19 @@ impl Load {
         Ok(())
     }
 
-    /// Offers `rate` payments per second for `duration` (open loop), then waits for every
-    /// payment to get its answer.
-    pub async fn drive(self: Arc<Self>, rate: f64, duration: Duration) -> anyhow::Result<()> {
+    /// Offers `rate` payments per second (open loop) for at least `duration` and until
+    /// `until` is set (the last fault undone, so every fault meets a load), then waits for
+    /// every payment to get its answer.
+    pub async fn drive(
+        self: Arc<Self>,
+        rate: f64,
+        duration: Duration,
+        until: Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         let mut n: u64 = 0;
-        while start.elapsed() < duration {
+        while start.elapsed() < duration || !until.load(Ordering::Relaxed) {
             let due = start + Duration::from_secs_f64(n as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
             let this = self.clone();
@@ -243,9 +251,13 @@ impl Load {
         }
     }
 
-    /// Through the API: per wallet, deposits = available + held + captured. Returns the
+    /// Through the API: per wallet, deposits = available + held + captured, and held equal
+    /// to `held` (the payments still pending for it, by wallet id; none means 0). Returns the
     /// wallets that disagree.
-    pub async fn wallet_conservation(&self) -> anyhow::Result<Vec<String>> {
+    pub async fn wallet_conservation(
+        &self,
+        held: &HashMap<String, i64>,
+    ) -> anyhow::Result<Vec<String>> {
         let wallets: Vec<(String, String)> = self
             .wallets
             .lock()
@@ -292,13 +304,14 @@ impl Load {
                     None => break,
                 }
             }
-            let (available, held) = (
+            let (available, on_hold) = (
                 b["available"].as_i64().unwrap_or(-1),
                 b["held"].as_i64().unwrap_or(-1),
             );
-            if available + held + captured != DEPOSIT || held != 0 {
+            let expected_hold = held.get(&id).copied().unwrap_or(0);
+            if available + on_hold + captured != DEPOSIT || on_hold != expected_hold {
                 bad.push(format!(
-                    "{id}: available {available} + held {held} + captured {captured} != {DEPOSIT}"
+                    "{id}: available {available} + held {on_hold} + captured {captured} != {DEPOSIT}, or held != {expected_hold} (pending, flagged)"
                 ));
             }
         }

@@ -18,7 +18,8 @@ use shared::events::PaymentResult;
 use shared::ids::{EventId, PaymentId};
 use shared::status::{FailureReason, Outcome as ResultOutcome};
 use sqlx::PgPool;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,37 @@ struct Args {
     /// Where scripts/chaos-ctl lives.
     #[arg(long, default_value = "scripts/chaos-ctl")]
     ctl: String,
+    /// The wallet-service reconciler deadline the system runs with (scripts/chaos lowers it
+    /// to 8 s); the gateway outage must outlast it.
+    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 60.0)]
+    reconcile_after_secs: f64,
+}
+
+/// How long the gateway is hung by the gateway-outage fault: longer than the reconciler
+/// deadline, so payments are re-driven while no outcome can be known.
+const GATEWAY_OUTAGE: Duration = Duration::from_secs(20);
+/// Payments that get poison results (U+0000 in the reference), one of them also an
+/// over-long reference.
+const POISON_RESULT_TARGETS: usize = 5;
+/// How every poison result's gateway reference begins: no payment may end with it.
+const POISON_REFERENCE: &str = "chaos-poison-";
+
+/// What the faults injected that must end up dead-lettered, counted as each is confirmed by
+/// its broker.
+#[derive(Default)]
+struct Poisoned {
+    /// Messages for RabbitMQ's dead-letter queue.
+    rabbit: u64,
+    /// Messages for the Kafka dead-letter topic, by the `dlq_reason` they must get.
+    kafka: BTreeMap<&'static str, u64>,
+    /// Payments that got a poison result: the poison must not settle them.
+    targets: Vec<uuid::Uuid>,
+}
+
+impl Poisoned {
+    fn kafka_total(&self) -> u64 {
+        self.kafka.values().sum()
+    }
 }
 
 struct Profile {
@@ -99,6 +131,14 @@ async fn main() -> anyhow::Result<()> {
         "seed {seed} (replay with: scripts/chaos --seed {seed} --profile {})",
         args.profile
     ));
+    if GATEWAY_OUTAGE.as_secs_f64() <= args.reconcile_after_secs {
+        log(format!(
+            "warning: the reconciler deadline ({}s) is not shorter than the gateway outage ({}s): \
+             the outage will not make the reconciler re-drive (scripts/chaos lowers it to 8 s)",
+            args.reconcile_after_secs,
+            GATEWAY_OUTAGE.as_secs()
+        ));
+    }
 
     let pool = PgPool::connect(&args.database_url)
         .await
@@ -128,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     load.fund().await?;
     log(format!(
-        "{} wallets funded; offering {rate}/s for {}s",
+        "{} wallets funded; offering {rate}/s for {}s (longer if the faults run longer)",
         args.wallets, profile.load_secs
     ));
 
@@ -138,35 +178,39 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let driver = tokio::spawn(
-        load.clone()
-            .drive(rate, Duration::from_secs_f64(profile.load_secs)),
-    );
-    let mut injected_poison = (0u64, 0u64);
+    let faults_done = Arc::new(AtomicBool::new(false));
+    let driver = tokio::spawn(load.clone().drive(
+        rate,
+        Duration::from_secs_f64(profile.load_secs),
+        faults_done.clone(),
+    ));
+    let mut poisoned = Poisoned::default();
     let mut counts: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut last_fault_end = started;
     for (at, fault) in &schedule {
         let wait = Duration::from_secs_f64(*at).saturating_sub(started.elapsed());
         tokio::time::sleep(wait).await;
         log(format!("FAULT {fault}"));
-        match inject(*fault, &args, &http, &pool, &load, seed).await {
-            Ok(poison) => {
-                injected_poison.0 += poison.0;
-                injected_poison.1 += poison.1;
-            }
-            Err(e) => log(format!(
+        if let Err(e) = inject(*fault, &args, &http, &pool, &load, seed, &mut poisoned).await {
+            log(format!(
                 "  fault {fault} could not be injected fully: {e:#}"
-            )),
+            ));
         }
         *counts.entry(fault.label()).or_default() += 1;
         last_fault_end = Instant::now();
     }
+    // Long faults push the later ones back; the load runs until the last one is undone.
+    faults_done.store(true, Ordering::Relaxed);
     driver.await??;
-    log("load finished; restoring everything and waiting for quiescence");
+    log(format!(
+        "load finished after {:.0}s; restoring everything and waiting for quiescence",
+        started.elapsed().as_secs_f64()
+    ));
     ctl(&args, &["restore"]).await?;
     reset_gateway(&http, &args.gateway_url).await;
 
     let (ids, quiesce) = wait_terminal(&pool, &load, Duration::from_secs(300)).await?;
+    let flagged_charged = flagged_charged(&http, &args.gateway_url, &ids.flagged).await?;
     let recovered = quiesce.saturating_duration_since(last_fault_end);
 
     // ---- checks
@@ -193,19 +237,31 @@ async fn main() -> anyhow::Result<()> {
         stats.internal_errors == 0,
         format!("{} x 500", stats.internal_errors),
     );
+    // A payment the reconciler gave up on stays pending, flagged for an operator, funds
+    // held (checked per wallet below); it must not have been charged.
     report.check(
-        "every accepted payment terminal",
-        ids.pending == 0,
+        "every accepted payment terminal (or flagged: held, not charged)",
+        ids.pending == 0 && flagged_charged.is_empty(),
         format!(
-            "{} accepted, {} pending; last final {:.1}s after the last fault",
+            "{} accepted, {} pending, {} flagged for an operator{}; last final {:.1}s after the last fault",
             ids.accepted,
             ids.pending,
+            ids.flagged.len(),
+            if flagged_charged.is_empty() {
+                String::new()
+            } else {
+                format!(" (charged at the gateway: {})", flagged_charged.join(", "))
+            },
             recovered.as_secs_f64()
         ),
     );
-    let per_wallet = load.wallet_conservation().await?;
+    let mut held: HashMap<String, i64> = HashMap::new();
+    for f in &ids.flagged {
+        *held.entry(f.wallet_id.to_string()).or_default() += f.amount;
+    }
+    let per_wallet = load.wallet_conservation(&held).await?;
     report.check(
-        "per wallet: deposits = available + held + captured",
+        "per wallet: deposits = available + held + captured; held only for flagged",
         per_wallet.is_empty(),
         per_wallet.join("; "),
     );
@@ -243,14 +299,38 @@ async fn main() -> anyhow::Result<()> {
     let rabbit_dead = dlq_after.0 - dlq_before.0;
     // Dead-lettering is at-least-once (a crash between producing the dead letter and
     // committing the offset sends it again), so count the distinct source messages.
-    let (kafka_dead, kafka_copies) =
+    let (kafka_reasons, kafka_copies) =
         kafka_dead_letter_sources(&args.kafka_brokers, dlq_before.1, dlq_after.1).await?;
+    let kafka_dead: u64 = kafka_reasons.values().sum();
+    let mut reasons: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (reason, n) in &kafka_reasons {
+        reasons.entry(reason.as_str()).or_default().0 = *n;
+    }
+    for (reason, n) in &poisoned.kafka {
+        reasons.entry(reason).or_default().1 = *n;
+    }
     report.check(
-        "messages dead-lettered = poison injected",
-        rabbit_dead == injected_poison.0 as i64 && kafka_dead as u64 == injected_poison.1,
+        "messages dead-lettered = poison injected (Kafka: per dlq_reason)",
+        rabbit_dead == poisoned.rabbit as i64 && reasons.values().all(|(got, want)| got == want),
         format!(
-            "RabbitMQ {rabbit_dead}/{} , Kafka {kafka_dead}/{} (dead-lettered/injected; {kafka_copies} Kafka copies)",
-            injected_poison.0, injected_poison.1
+            "RabbitMQ {rabbit_dead}/{} , Kafka {kafka_dead}/{} ({}) (dead-lettered/injected; {kafka_copies} Kafka copies)",
+            poisoned.rabbit,
+            poisoned.kafka_total(),
+            reasons
+                .iter()
+                .map(|(r, (got, want))| format!("{r} {got}/{want}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let (settled_by_poison, conflicts_from_poison) =
+        poison_applied(&pool, &poisoned.targets).await?;
+    report.check(
+        "poison results settled nothing (the real result did)",
+        settled_by_poison == 0 && conflicts_from_poison == 0,
+        format!(
+            "{} payments got poison results; {settled_by_poison} carry a poison reference, {conflicts_from_poison} conflicts record one",
+            poisoned.targets.len()
         ),
     );
 
@@ -307,7 +387,8 @@ async fn ctl(args: &Args, a: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Injects one fault and undoes it. Returns poison messages injected (RabbitMQ, Kafka).
+/// Injects one fault and undoes it. Poison messages are added to `poisoned` as their broker
+/// confirms them, so a fault cut short still counts what it sent.
 async fn inject(
     fault: Fault,
     args: &Args,
@@ -315,7 +396,8 @@ async fn inject(
     pool: &PgPool,
     load: &Load,
     seed: u64,
-) -> anyhow::Result<(u64, u64)> {
+    poisoned: &mut Poisoned,
+) -> anyhow::Result<()> {
     let down = Duration::from_millis(1000 + seed % 2000);
     match fault {
         Fault::KillWallet | Fault::KillProcessor | Fault::KillGateway | Fault::KillKafka => {
@@ -344,9 +426,19 @@ async fn inject(
             reset_gateway(http, &args.gateway_url).await;
         }
         Fault::DuplicateResults => duplicate_results(args, pool, load).await?,
-        Fault::Poison => return poison(args).await,
+        Fault::Poison => poison(args, poisoned).await?,
+        Fault::PoisonResults => poison_results(args, pool, load, poisoned).await?,
+        Fault::GatewayOutage => {
+            // Hung rather than gone: connections are accepted and never answered, so every
+            // charge and every void times out and no outcome is known (a gateway answering
+            // errors would still void, and the payments would fail cleanly). The processor
+            // requeues, the reconciler re-drives past its deadline, funds stay held.
+            ctl(args, &["pause", "mock-gateway"]).await?;
+            tokio::time::sleep(GATEWAY_OUTAGE).await;
+            ctl(args, &["resume", "mock-gateway"]).await?;
+        }
     }
-    Ok((0, 0))
+    Ok(())
 }
 
 async fn set_gateway_latency(http: &reqwest::Client, url: &str, ms: u64) -> anyhow::Result<()> {
@@ -419,7 +511,7 @@ async fn duplicate_results(args: &Args, pool: &PgPool, load: &Load) -> anyhow::R
 }
 
 /// Unparseable messages on both brokers.
-async fn poison(args: &Args) -> anyhow::Result<(u64, u64)> {
+async fn poison(args: &Args, poisoned: &mut Poisoned) -> anyhow::Result<()> {
     let conn =
         lapin::Connection::connect(&args.amqp_url, lapin::ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
@@ -440,11 +532,12 @@ async fn poison(args: &Args) -> anyhow::Result<(u64, u64)> {
             )
             .await?
             .await?;
+        poisoned.rabbit += 1;
     }
     let _ = conn.close(200, "done".into()).await;
     let producer: FutureProducer = shared::kafka::producer(&args.kafka_brokers)?;
     let topic = shared::topology::KafkaTopics::default().results;
-    for body in bodies {
+    for (body, reason) in bodies.into_iter().zip(["not_json", "wrong_type"]) {
         producer
             .send(
                 FutureRecord::<str, [u8]>::to(&topic)
@@ -454,9 +547,117 @@ async fn poison(args: &Args) -> anyhow::Result<(u64, u64)> {
             )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("producing poison: {e}"))?;
+        *poisoned.kafka.entry(reason).or_default() += 1;
     }
     log("  published 2 poison messages to RabbitMQ and 2 to Kafka");
-    Ok((2, 2))
+    Ok(())
+}
+
+/// Results that are valid JSON but carry text the database would refuse, for payments still
+/// pending (topped up with the latest accepted): U+0000 in the gateway reference, half of them
+/// `succeeded` and half `failed/declined` (applied, those would release the funds of a charge
+/// that happens), and one reference of 300 characters. Each must be dead-lettered at decode
+/// (`invalid`) without touching its payment, which its real result from the processor settles.
+async fn poison_results(
+    args: &Args,
+    pool: &PgPool,
+    load: &Load,
+    poisoned: &mut Poisoned,
+) -> anyhow::Result<()> {
+    let ids = load.accepted_ids();
+    let mut targets: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM payments WHERE id = ANY($1) AND status = 'pending'
+         ORDER BY created_at DESC LIMIT $2",
+    )
+    .bind(&ids)
+    .bind(POISON_RESULT_TARGETS as i64)
+    .fetch_all(pool)
+    .await?;
+    let pending = targets.len();
+    for id in ids.iter().rev() {
+        if targets.len() >= POISON_RESULT_TARGETS {
+            break;
+        }
+        if !targets.contains(id) {
+            targets.push(*id);
+        }
+    }
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "no accepted payment to send poison results for"
+    );
+    let mut poison: Vec<(uuid::Uuid, bool, String)> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i % 2 == 0, format!("{POISON_REFERENCE}\u{0}{i}")))
+        .collect();
+    poison.push((
+        targets[0],
+        true,
+        format!(
+            "{POISON_REFERENCE}{}",
+            "x".repeat(300 - POISON_REFERENCE.len())
+        ),
+    ));
+    let producer: FutureProducer = shared::kafka::producer(&args.kafka_brokers)?;
+    let topic = shared::topology::KafkaTopics::default().results;
+    for (id, succeeded, reference) in &poison {
+        let pid = PaymentId(*id);
+        let (outcome, reason) = if *succeeded {
+            (ResultOutcome::Succeeded, None)
+        } else {
+            (ResultOutcome::Failed, Some(FailureReason::Declined))
+        };
+        let mut v = serde_json::to_value(PaymentResult::new(
+            EventId::new(),
+            pid,
+            outcome,
+            reason,
+            None,
+        ))?;
+        v["gateway_reference"] = reference.as_str().into();
+        let payload = serde_json::to_vec(&v)?;
+        let key = pid.to_string();
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Duration::from_secs(15),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing a poison result: {e}"))?;
+        *poisoned.kafka.entry("invalid").or_default() += 1;
+        if !poisoned.targets.contains(id) {
+            poisoned.targets.push(*id);
+        }
+    }
+    log(format!(
+        "  published {} poison results (U+0000 or 300-character gateway references) for {} payments, {pending} of them pending",
+        poison.len(),
+        targets.len()
+    ));
+    Ok(())
+}
+
+/// Of the payments that got poison results, those that ended with a poison reference, and
+/// the conflicts recorded with one: both mean a poison result got past decoding.
+async fn poison_applied(pool: &PgPool, targets: &[uuid::Uuid]) -> anyhow::Result<(i64, i64)> {
+    let pattern = format!("{POISON_REFERENCE}%");
+    let payments: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payments WHERE id = ANY($1) AND gateway_reference LIKE $2",
+    )
+    .bind(targets)
+    .bind(&pattern)
+    .fetch_one(pool)
+    .await?;
+    let conflicts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payment_outcome_conflicts
+         WHERE payment_id = ANY($1) AND reported_reference LIKE $2",
+    )
+    .bind(targets)
+    .bind(&pattern)
+    .fetch_one(pool)
+    .await?;
+    Ok((payments, conflicts))
 }
 
 /// Succeeded charges per key of this run's payments, from the gateway's own durable record.
@@ -505,18 +706,19 @@ async fn dead_letters(http: &reqwest::Client, args: &Args) -> anyhow::Result<(i6
 }
 
 /// Reads the Kafka dead-letter topic from offset `from` up to `to` and returns how many
-/// distinct source messages (by their `source_*` headers) it holds, and how many copies.
+/// distinct source messages (by their `source_*` headers) it holds per `dlq_reason`, and how
+/// many copies.
 async fn kafka_dead_letter_sources(
     brokers: &str,
     from: i64,
     to: i64,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<(BTreeMap<String, u64>, usize)> {
     use rdkafka::message::{Headers, Message};
     if to <= from {
-        return Ok((0, 0));
+        return Ok((BTreeMap::new(), 0));
     }
     let brokers = brokers.to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, usize)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(BTreeMap<String, u64>, usize)> {
         let consumer: BaseConsumer = shared::topology::kafka_config(&brokers)
             .set("group.id", "chaos-dead-letters")
             .set("enable.auto.commit", "false")
@@ -528,7 +730,7 @@ async fn kafka_dead_letter_sources(
             rdkafka::Offset::Offset(from),
         )?;
         consumer.assign(&tpl)?;
-        let mut sources = std::collections::BTreeSet::new();
+        let mut sources = BTreeMap::new();
         let mut copies = 0;
         let deadline = Instant::now() + Duration::from_secs(30);
         while copies < (to - from) as usize {
@@ -546,27 +748,46 @@ async fn kafka_dead_letter_sources(
             }
             copies += 1;
             let mut source = Vec::new();
+            let mut reason = String::from("(none)");
             if let Some(h) = m.headers() {
                 for header in h.iter() {
+                    let value =
+                        String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned();
                     if header.key.starts_with("source_") {
-                        source.push(
-                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-                        );
+                        source.push(value);
+                    } else if header.key == "dlq_reason" {
+                        reason = value;
                     }
                 }
             }
-            sources.insert(source);
+            sources.insert(source, reason);
         }
-        Ok((sources.len(), copies))
+        let mut reasons = BTreeMap::new();
+        for reason in sources.into_values() {
+            *reasons.entry(reason).or_default() += 1;
+        }
+        Ok((reasons, copies))
     })
     .await?
 }
 
 struct Terminal {
     accepted: usize,
+    /// Pending and not flagged for an operator.
     pending: i64,
+    /// Pending, flagged for an operator after the reconciler's last re-drive.
+    flagged: Vec<Flagged>,
 }
 
+#[derive(sqlx::FromRow)]
+struct Flagged {
+    id: uuid::Uuid,
+    wallet_id: uuid::Uuid,
+    amount: i64,
+}
+
+/// Waits until no payment of the run is pending unless flagged for an operator (a flagged
+/// payment is settled by a person, not by waiting), or `deadline`.
 async fn wait_terminal(
     pool: &PgPool,
     load: &Load,
@@ -576,22 +797,56 @@ async fn wait_terminal(
     let start = Instant::now();
     loop {
         let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM payments WHERE id = ANY($1) AND status = 'pending'",
+            "SELECT count(*) FROM payments
+             WHERE id = ANY($1) AND status = 'pending' AND attention_since IS NULL",
         )
         .bind(&ids)
         .fetch_one(pool)
         .await?;
         if pending == 0 || start.elapsed() > deadline {
+            let at = Instant::now();
+            let flagged: Vec<Flagged> = sqlx::query_as(
+                "SELECT id, wallet_id, amount FROM payments
+                 WHERE id = ANY($1) AND status = 'pending' AND attention_since IS NOT NULL",
+            )
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?;
             return Ok((
                 Terminal {
                     accepted: ids.len(),
                     pending,
+                    flagged,
                 },
-                Instant::now(),
+                at,
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Flagged payments the gateway charged (they must not be: a charged payment's result
+/// settles it, and a flagged one keeps its hold until an operator looks).
+async fn flagged_charged(
+    http: &reqwest::Client,
+    url: &str,
+    flagged: &[Flagged],
+) -> anyhow::Result<Vec<String>> {
+    let mut charged = Vec::new();
+    for f in flagged {
+        log(format!(
+            "  payment {} flagged for an operator (wallet {}, {} cents held)",
+            f.id, f.wallet_id, f.amount
+        ));
+        let r = http
+            .get(format!("{url}/v1/charges/{}", f.id))
+            .send()
+            .await?;
+        if r.status().is_success() && r.json::<Value>().await?["status"] == "succeeded" {
+            charged.push(f.id.to_string());
+        }
+    }
+    Ok(charged)
 }
 
 /// Per currency: deposits - (available + held) - captured, which must be 0.
@@ -668,7 +923,14 @@ async fn gateway_agrees(
         if status == "succeeded" {
             check.succeeded += 1;
         }
-        if gw != expected {
+        // Still pending (flagged for an operator, or the wait ran out): whatever the gateway
+        // knows, it must not have charged a payment whose funds are still held.
+        let agrees = if expected == "pending" {
+            gw != "succeeded"
+        } else {
+            gw == expected
+        };
+        if !agrees {
             check
                 .mismatches
                 .push(format!("{id}: wallet {status}/{reason:?}, gateway {gw}"));

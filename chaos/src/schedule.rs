@@ -16,10 +16,16 @@ pub enum Fault {
     DuplicateResults,
     /// Unparseable messages on both brokers.
     Poison,
+    /// Well-formed JSON results the database would refuse (U+0000 in the gateway reference,
+    /// an over-long reference) for payments still in flight: dead-lettered, never applied.
+    PoisonResults,
+    /// The whole gateway hung (SIGSTOP) for longer than the reconciler deadline: charges and
+    /// voids time out alike, so no outcome is known until it comes back (SIGCONT).
+    GatewayOutage,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillWallet,
         Fault::KillProcessor,
         Fault::KillGateway,
@@ -29,6 +35,8 @@ impl Fault {
         Fault::SlowGateway,
         Fault::DuplicateResults,
         Fault::Poison,
+        Fault::PoisonResults,
+        Fault::GatewayOutage,
     ];
 
     pub fn label(self) -> &'static str {
@@ -42,6 +50,8 @@ impl Fault {
             Fault::SlowGateway => "gateway slower than timeout",
             Fault::DuplicateResults => "duplicate/conflicting results",
             Fault::Poison => "poison messages",
+            Fault::PoisonResults => "poison results (NUL, over-long reference)",
+            Fault::GatewayOutage => "gateway outage (hung, SIGSTOP)",
         }
     }
 }
@@ -81,7 +91,8 @@ mod tests {
         let a = build(7, 2, 10.0, 100.0, 3.0);
         assert_eq!(a, build(7, 2, 10.0, 100.0, 3.0));
         assert_ne!(a, build(8, 2, 10.0, 100.0, 3.0));
-        assert_eq!(a.len(), 18);
+        assert_eq!(a.len(), 2 * Fault::ALL.len());
+        assert_eq!(Fault::ALL.len(), 11);
         for kind in Fault::ALL {
             assert_eq!(a.iter().filter(|(_, f)| *f == kind).count(), 2);
         }
@@ -94,5 +105,20 @@ mod tests {
             assert!(w[1].0 - w[0].0 >= 0.0, "{s:?}");
         }
         assert!(s.iter().all(|(t, _)| *t >= 5.0));
+    }
+
+    #[test]
+    fn every_kind_has_its_own_label_and_the_short_schedule_has_each_once() {
+        let labels: std::collections::BTreeSet<_> = Fault::ALL.iter().map(|f| f.label()).collect();
+        assert_eq!(labels.len(), Fault::ALL.len());
+        // The short profile: one round between 10 s and 65 s, 6 s apart.
+        let s = build(42, 1, 10.0, 65.0, 6.0);
+        assert_eq!(s.len(), Fault::ALL.len());
+        for kind in [Fault::PoisonResults, Fault::GatewayOutage] {
+            assert_eq!(s.iter().filter(|(_, f)| *f == kind).count(), 1, "{kind}");
+        }
+        for w in s.windows(2) {
+            assert!(w[1].0 - w[0].0 >= 6.0 - 1e-9, "{s:?}");
+        }
     }
 }
