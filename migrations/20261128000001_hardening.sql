@@ -23,6 +23,10 @@ CREATE INDEX payment_outcome_conflicts_open_idx ON payment_outcome_conflicts (de
 ALTER TABLE payments ADD COLUMN attention_since timestamptz;
 CREATE INDEX payments_attention_idx ON payments (attention_since)
     WHERE status = 'pending' AND attention_since IS NOT NULL;
+-- The reconciler's pass reads only the payments it may still re-drive, so payments left
+-- flagged for months do not lengthen every pass.
+CREATE INDEX payments_redrivable_idx ON payments (created_at)
+    WHERE status = 'pending' AND attention_since IS NULL;
 
 -- The inbox is pruned by age like the outbox.
 CREATE INDEX processed_events_processed_at_idx ON processed_events (processed_at);

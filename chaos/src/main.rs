@@ -492,15 +492,9 @@ async fn duplicate_results(args: &Args, pool: &PgPool, load: &Load) -> anyhow::R
             (declined(), succeeded("late"))
         };
         for r in [&same, &same, &opposite] {
-            let payload = serde_json::to_vec(r)?;
-            let key = pid.to_string();
-            producer
-                .send(
-                    FutureRecord::to(&topic).key(&key).payload(&payload),
-                    Duration::from_secs(15),
-                )
+            produce(&producer, &topic, &pid.to_string(), &serde_json::to_vec(r)?)
                 .await
-                .map_err(|(e, _)| anyhow::anyhow!("producing a duplicate: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("producing a duplicate: {e}"))?;
         }
     }
     log(format!(
@@ -508,6 +502,23 @@ async fn duplicate_results(args: &Args, pool: &PgPool, load: &Load) -> anyhow::R
         finals.len()
     ));
     Ok(())
+}
+
+/// One message onto `topic` under `key`, confirmed by the broker.
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> Result<(), rdkafka::error::KafkaError> {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(15),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
 }
 
 /// Unparseable messages on both brokers.
@@ -538,15 +549,9 @@ async fn poison(args: &Args, poisoned: &mut Poisoned) -> anyhow::Result<()> {
     let producer: FutureProducer = shared::kafka::producer(&args.kafka_brokers)?;
     let topic = shared::topology::KafkaTopics::default().results;
     for (body, reason) in bodies.into_iter().zip(["not_json", "wrong_type"]) {
-        producer
-            .send(
-                FutureRecord::<str, [u8]>::to(&topic)
-                    .key("poison")
-                    .payload(body),
-                Duration::from_secs(15),
-            )
+        produce(&producer, &topic, "poison", body)
             .await
-            .map_err(|(e, _)| anyhow::anyhow!("producing poison: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("producing poison: {e}"))?;
         *poisoned.kafka.entry(reason).or_default() += 1;
     }
     log("  published 2 poison messages to RabbitMQ and 2 to Kafka");
@@ -616,15 +621,14 @@ async fn poison_results(
             None,
         ))?;
         v["gateway_reference"] = reference.as_str().into();
-        let payload = serde_json::to_vec(&v)?;
-        let key = pid.to_string();
-        producer
-            .send(
-                FutureRecord::to(&topic).key(&key).payload(&payload),
-                Duration::from_secs(15),
-            )
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("producing a poison result: {e}"))?;
+        produce(
+            &producer,
+            &topic,
+            &pid.to_string(),
+            &serde_json::to_vec(&v)?,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("producing a poison result: {e}"))?;
         *poisoned.kafka.entry("invalid").or_default() += 1;
         if !poisoned.targets.contains(id) {
             poisoned.targets.push(*id);

@@ -214,15 +214,19 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn text_the_database_would_refuse_is_poison() {
-        let ok = PaymentResult::new(
+    fn succeeded() -> PaymentResult {
+        PaymentResult::new(
             EventId::new(),
             PaymentId::new(),
             Outcome::Succeeded,
             None,
             Some("ch_1".try_into().unwrap()),
-        );
+        )
+    }
+
+    #[test]
+    fn text_the_database_would_refuse_is_poison() {
+        let ok = succeeded();
         let mut v = serde_json::to_value(&ok).unwrap();
         v["gateway_reference"] = "ch_\u{0}1".into();
         assert!(matches!(
@@ -241,13 +245,7 @@ mod tests {
 
     #[test]
     fn result_outcome_and_reason_must_agree() {
-        let ok = PaymentResult::new(
-            EventId::new(),
-            PaymentId::new(),
-            Outcome::Succeeded,
-            None,
-            Some("ch_1".try_into().unwrap()),
-        );
+        let ok = succeeded();
         assert!(decode_result(&serde_json::to_vec(&ok).unwrap()).is_ok());
         let bad = PaymentResult::new(
             EventId::new(),

@@ -282,20 +282,26 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_readiness_callers_share_one_probe_until_it_expires() {
-        let cache = Arc::new(ReadinessCache::new(Duration::from_millis(300)));
+        // The probe is held open until every caller has been started, so they all arrive
+        // while it is in flight.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let probes = Arc::new(AtomicUsize::new(0));
-        let ask = |cache: Arc<ReadinessCache>, probes: Arc<AtomicUsize>| async move {
+        let ask = |cache: Arc<ReadinessCache>,
+                   probes: Arc<AtomicUsize>,
+                   gate: Arc<tokio::sync::Semaphore>| async move {
             cache
                 .checks(|| async {
                     probes.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _open = gate.acquire().await.unwrap();
                     vec![Check::ok("postgres")]
                 })
                 .await
         };
+        let cache = Arc::new(ReadinessCache::new(Duration::from_secs(3600)));
         let callers: Vec<_> = (0..100)
-            .map(|_| tokio::spawn(ask(cache.clone(), probes.clone())))
+            .map(|_| tokio::spawn(ask(cache.clone(), probes.clone(), gate.clone())))
             .collect();
+        gate.add_permits(1);
         for c in callers {
             assert!(c.await.unwrap()[0].ok);
         }
@@ -304,13 +310,15 @@ mod tests {
             1,
             "one probe for 100 callers"
         );
-        ask(cache.clone(), probes.clone()).await;
+        ask(cache.clone(), probes.clone(), gate.clone()).await;
         assert_eq!(probes.load(Ordering::SeqCst), 1, "fresh answer reused");
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        ask(cache.clone(), probes.clone()).await;
+        // An answer past its time to live is probed again.
+        let expired = Arc::new(ReadinessCache::new(Duration::ZERO));
+        ask(expired.clone(), probes.clone(), gate.clone()).await;
+        ask(expired, probes.clone(), gate.clone()).await;
         assert_eq!(
             probes.load(Ordering::SeqCst),
-            2,
+            3,
             "expired answer probed again"
         );
     }

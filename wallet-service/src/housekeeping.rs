@@ -45,9 +45,11 @@ pub fn describe_metrics() {
 
 struct Table {
     name: &'static str,
-    /// Deletes at most $2 rows older than $1 seconds (the retention), skipping rows another
+    /// Deletes at most $2 rows more than $1 seconds past their end, skipping rows another
     /// instance is deleting.
     delete: &'static str,
+    /// How long after its end a row is kept.
+    keep_secs: fn(&Retention) -> i64,
 }
 
 const TABLES: [Table; 3] = [
@@ -57,14 +59,16 @@ const TABLES: [Table; 3] = [
                    SELECT id FROM outbox
                    WHERE published_at < now() - make_interval(secs => $1::float8)
                    LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        keep_secs: |r| r.outbox_secs,
     },
     Table {
         name: "idempotency_keys",
-        // Keys carry their own expiry; $1 is unused but keeps one signature.
         delete: "DELETE FROM idempotency_keys WHERE (principal, key) IN (
                    SELECT principal, key FROM idempotency_keys
-                   WHERE expires_at < now() - make_interval(secs => $1::float8 * 0)
+                   WHERE expires_at < now() - make_interval(secs => $1::float8)
                    LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        // Keys carry their own expiry.
+        keep_secs: |_| 0,
     },
     Table {
         name: "processed_events",
@@ -72,17 +76,9 @@ const TABLES: [Table; 3] = [
                    SELECT event_id FROM processed_events
                    WHERE processed_at < now() - make_interval(secs => $1::float8)
                    LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        keep_secs: |r| r.inbox_secs,
     },
 ];
-
-impl Retention {
-    fn of(&self, table: &str) -> i64 {
-        match table {
-            "processed_events" => self.inbox_secs,
-            _ => self.outbox_secs,
-        }
-    }
-}
 
 /// One pass over every table. Returns rows deleted per table.
 pub async fn prune(
@@ -95,7 +91,7 @@ pub async fn prune(
         let mut deleted = 0;
         loop {
             let n = sqlx::query(table.delete)
-                .bind(retention.of(table.name) as f64)
+                .bind((table.keep_secs)(retention) as f64)
                 .bind(BATCH)
                 .execute(pool)
                 .await?

@@ -308,9 +308,9 @@ async fn outage_in_front_of(target: String) -> Outage {
 async fn a_gateway_outage_ends_with_each_payment_charged_at_most_once_and_bounded_messages(
     pool: PgPool,
 ) {
-    // Time scaled down: a 0.5 s deadline and an outage of 12 deadlines (a 10-minute outage
-    // with the default 60 s is 10). Re-sending on every deadline would send each payment 12
-    // times; the budget allows 1 + 3.
+    // Time scaled down: a 0.5 s deadline and an outage of at least 15 deadlines (a 10-minute
+    // outage with the default 60 s is 10). Re-sending on every deadline would send each
+    // payment 15 times or more; the budget allows 1 + 3.
     const PAYMENTS: usize = 1_000;
     const REDRIVES: i32 = 3;
     let gw = gateway(0).await;
@@ -327,15 +327,23 @@ async fn a_gateway_outage_ends_with_each_payment_charged_at_most_once_and_bounde
     let proc = processor_with(&app.prefix, &outage.url, 200, 2).await;
     let wallet = app.create_wallet("alice", "EUR").await;
     app.deposit(&wallet, 10_000_000, "EUR").await;
-    let started = std::time::Instant::now();
-    let mut ids = Vec::with_capacity(PAYMENTS);
     for _ in 0..PAYMENTS {
-        let (_, id) = app.pay_id("alice", &wallet, 100, "shop").await;
-        ids.push(id);
+        app.pay_id("alice", &wallet, 100, "shop").await;
     }
-    // Stay down for 12 deadlines after the last payment was accepted.
-    tokio::time::sleep(
-        Duration::from_secs(6).saturating_sub(started.elapsed()) + Duration::from_secs(6),
+    // Stay down until every payment has spent its budget and been flagged: at least
+    // 0.5 + 1 + 2 + 2 s, 15 deadlines, after its acceptance.
+    eventually(
+        "every payment flagged during the outage",
+        Duration::from_secs(120),
+        || async {
+            let flagged: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM payments WHERE attention_since IS NOT NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (flagged == PAYMENTS as i64).then_some(())
+        },
     )
     .await;
     outage.down.store(false, Ordering::SeqCst);
