@@ -68,12 +68,26 @@ pub fn consumer(brokers: &str, group: &str) -> KafkaResult<Consumer> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // Some brokers (Tansu) hold a fetch for the full wait even when data is there.
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", fetch_wait_ms().to_string())
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
         .set("statistics.interval.ms", "5000")
         .create_with_context(LagContext)
+}
+
+/// How long the broker may hold a fetch that found nothing (`KAFKA_FETCH_WAIT_MS`, default
+/// 100, at least 1).
+///
+/// Apache Kafka answers as soon as data arrives, so the wait costs it no latency. Tansu 0.6.0
+/// holds every fetch for the full wait even when data is there, and runs its SQL for each
+/// fetch without prepared statements: the wait is then both the latency added to every
+/// result and what the broker spends polling (about 38 % of a core at 10 ms, idle), so
+/// `scripts/up` sets it for Tansu (see docs/BROKER.md).
+pub fn fetch_wait_ms() -> u32 {
+    std::env::var("KAFKA_FETCH_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(100, |ms| ms.max(1))
 }
 
 /// A string header of a Kafka message.

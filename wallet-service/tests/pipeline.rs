@@ -518,7 +518,7 @@ async fn every_fact_yields_one_event_through_relay_crashes_and_duplicate_results
     .execute(&pool)
     .await
     .unwrap();
-    sqlx::query("SELECT pg_notify('outbox', '')")
+    sqlx::query("SELECT pg_notify('outbox_events', '')")
         .execute(&pool)
         .await
         .unwrap();

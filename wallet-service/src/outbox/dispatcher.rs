@@ -118,7 +118,11 @@ impl Dispatcher {
 
     /// Publishes batches until shutdown (Ok) or a broker failure (Err).
     async fn relay(&self, channel: &Channel, shutdown: &mut Shutdown) -> anyhow::Result<()> {
-        let mut wakeup = Wakeup::new(self.pool.clone(), self.config.outbox_poll_interval);
+        let mut wakeup = Wakeup::new(
+            self.pool.clone(),
+            crate::outbox::Channel::Payments.notify_channel(),
+            self.config.outbox_poll_interval,
+        );
         let db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut db_failures = 0;
         while !shutdown.is_triggered() {

@@ -8,7 +8,7 @@
 //! `event_id`, which is what consumers dedupe on.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
-use crate::outbox::Wakeup;
+use crate::outbox::{Channel, Wakeup};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
 use shared::shutdown::Shutdown;
@@ -85,7 +85,11 @@ impl EventRelay {
         tracing::info!(events = %self.topics.events, alerts = %self.topics.alerts, "event relay started");
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failures = 0;
-        let mut wakeup = Wakeup::new(self.pool.clone(), self.config.outbox_poll_interval);
+        let mut wakeup = Wakeup::new(
+            self.pool.clone(),
+            Channel::Events.notify_channel(),
+            self.config.outbox_poll_interval,
+        );
         while !shutdown.is_triggered() {
             match self.publish_batch().await {
                 Ok(n) => {
