@@ -57,7 +57,7 @@ impl Load {
         Self {
             http,
             url: url.trim_end_matches('/').to_owned(),
-            admin: wallet_service::auth::mint(secret, "chaos-admin", true, 7200),
+            admin: shared::auth::mint(secret, "chaos-admin", true, 7200),
             run: format!("chaos-{seed}-{}", Uuid::now_v7().simple()),
             seed,
             wallet_count: wallets,
@@ -130,7 +130,7 @@ impl Load {
     pub async fn fund(&self) -> anyhow::Result<()> {
         for i in 0..self.wallet_count {
             let owner = format!("{}-{i}", self.run);
-            let token = wallet_service::auth::mint(&self.secret, &owner, false, 7200);
+            let token = shared::auth::mint(&self.secret, &owner, false, 7200);
             let (s, w) = self
                 .post(
                     "/v1/wallets",

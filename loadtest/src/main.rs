@@ -105,7 +105,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mode = mode_text(&args, schedule.as_ref());
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let started_at = chrono::Utc::now();
-    let admin = wallet_service::auth::mint(
+    let admin = shared::auth::mint(
         &args.jwt_secret,
         &format!("lt-{run_id}-admin"),
         true,

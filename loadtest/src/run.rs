@@ -138,7 +138,7 @@ pub async fn setup(
             let lat = &lat;
             async move {
                 let owner = format!("lt-{run_id}-{i}");
-                let token = wallet_service::auth::mint(&args.jwt_secret, &owner, false, ttl);
+                let token = shared::auth::mint(&args.jwt_secret, &owner, false, ttl);
                 let (key, body) = (
                     format!("lt-{run_id}-w{i}"),
                     json!({"currency": args.currency}),

@@ -7,18 +7,26 @@
 //! rejecting ones we cannot process; [`notifications`] the events other systems consume
 //! (`payment.finalized`, `wallet.deposited`, `payment.alert`). [`topology`] names and declares the broker objects;
 //! [`backoff`] is the retry schedule; [`telemetry`] sets up logs and Prometheus metrics;
-//! [`shutdown`] is the SIGTERM signal every worker listens to.
+//! [`shutdown`] is the SIGTERM signal every worker listens to; [`auth`] the bearer tokens.
+//! Those last ones sit behind cargo features (`brokers`, `telemetry`, `runtime`, `auth`),
+//! so that a crate compiles only the clients it uses.
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod backoff;
 pub mod events;
 pub mod gateway;
 pub mod ids;
+#[cfg(feature = "brokers")]
 pub mod kafka;
 pub mod money;
 pub mod notifications;
+#[cfg(feature = "runtime")]
 pub mod shutdown;
 pub mod status;
+#[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod text;
+#[cfg(feature = "brokers")]
 pub mod topology;
 pub mod trace;

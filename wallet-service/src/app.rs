@@ -1,6 +1,5 @@
 //! Starting and stopping the whole service: pool, HTTP server, outbox relays and consumer.
 
-use crate::auth::Verifier;
 use crate::config::{BrokerConfig, DbConfig, DispatcherConfig, ServeConfig};
 use crate::finalizer::{self, Finalizer};
 use crate::http::{self, AppState, Health};
@@ -9,6 +8,7 @@ use crate::outbox::relay::{self, EventRelay};
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
+use shared::auth::Verifier;
 use shared::shutdown::Shutdown;
 use shared::topology::KafkaTopics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -20,7 +20,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Parsing accepts anything: a secret is checked where it is used ([`crate::auth::check_secret`]),
+/// Parsing accepts anything: a secret is checked where it is used ([`shared::auth::check_secret`]),
 /// because a parse error would have clap print the value.
 impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
@@ -45,15 +45,15 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Longest lifetime (`exp - iat`) of an accepted token, in seconds; tokens without `iat`
     /// are refused, and `token --ttl` may not exceed it.
-    #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME_SECS", default_value_t = crate::auth::DEFAULT_MAX_LIFETIME_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME_SECS", default_value_t = shared::auth::DEFAULT_MAX_LIFETIME_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_token_lifetime_secs: u64,
 }
 
 impl AuthConfig {
     /// What tokens must satisfy; an empty issuer or audience counts as unset.
-    pub fn policy(&self) -> crate::auth::TokenPolicy {
+    pub fn policy(&self) -> shared::auth::TokenPolicy {
         let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-        crate::auth::TokenPolicy {
+        shared::auth::TokenPolicy {
             issuer: set(&self.issuer),
             audience: set(&self.audience),
             max_lifetime_secs: self.max_token_lifetime_secs,

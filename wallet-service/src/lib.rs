@@ -12,7 +12,6 @@
 
 pub mod alerts;
 pub mod app;
-pub mod auth;
 pub mod config;
 pub mod finalizer;
 pub mod housekeeping;

@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
             ttl,
             auth,
         } => {
-            wallet_service::auth::check_secret(auth.jwt_secret.expose())?;
+            shared::auth::check_secret(auth.jwt_secret.expose())?;
             let policy = auth.policy();
             anyhow::ensure!(
                 ttl <= policy.max_lifetime_secs,
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
                  (AUTH_MAX_TOKEN_LIFETIME_SECS)",
                 policy.max_lifetime_secs
             );
-            let token = wallet_service::auth::Mint {
+            let token = shared::auth::Mint {
                 sub: &sub,
                 admin,
                 ttl_secs: ttl,

@@ -286,7 +286,7 @@ async fn authentication_and_ownership(pool: PgPool) {
         "unauthorized",
     )
     .await;
-    let forged = wallet_service::auth::mint("some-other-secret-0123456789", "alice", true, 600);
+    let forged = shared::auth::mint("some-other-secret-0123456789", "alice", true, 600);
     problem(
         app.get(&format!("/v1/wallets/{id}"), &forged).await,
         StatusCode::UNAUTHORIZED,

@@ -26,7 +26,7 @@ struct Sys {
 
 impl Sys {
     fn token(&self, sub: &str, admin: bool) -> String {
-        wallet_service::auth::mint(&self.secret, sub, admin, 3600)
+        shared::auth::mint(&self.secret, sub, admin, 3600)
     }
 
     async fn post(

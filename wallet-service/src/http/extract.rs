@@ -5,12 +5,12 @@
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::auth::{AuthError, Principal};
 use crate::store::window::Window;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde_json::{Map, Value};
+use shared::auth::{AuthError, Principal};
 use shared::money::{Amount, Currency, MAX_AMOUNT};
 use std::collections::HashMap;
 

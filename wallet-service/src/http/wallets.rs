@@ -6,13 +6,13 @@ use super::extract::{
 };
 use super::guard::{Guard, Started};
 use super::AppState;
-use crate::auth::Principal;
 use crate::store::ledger::{EntryKind, PageFilter};
 use crate::store::{cursor, ledger, summary, wallets};
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde_json::json;
+use shared::auth::Principal;
 use shared::ids::WalletId;
 use sqlx::PgConnection;
 use std::collections::HashMap;

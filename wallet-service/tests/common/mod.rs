@@ -103,7 +103,7 @@ pub fn serve_config(opts: &Opts) -> ServeConfig {
             jwt_secret: SECRET.parse().unwrap(),
             issuer: None,
             audience: None,
-            max_token_lifetime_secs: wallet_service::auth::DEFAULT_MAX_LIFETIME_SECS,
+            max_token_lifetime_secs: shared::auth::DEFAULT_MAX_LIFETIME_SECS,
         },
         request_timeout: opts.request_timeout,
         consumer_group: format!("{}wallet-service", opts.prefix),
@@ -151,11 +151,11 @@ pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
 }
 
 pub fn token(sub: &str) -> String {
-    wallet_service::auth::mint(SECRET, sub, false, 600)
+    shared::auth::mint(SECRET, sub, false, 600)
 }
 
 pub fn admin_token() -> String {
-    wallet_service::auth::mint(SECRET, "ops", true, 600)
+    shared::auth::mint(SECRET, "ops", true, 600)
 }
 
 impl TestApp {
