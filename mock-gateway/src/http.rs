@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use shared::telemetry::{healthz, readiness, track_http, Check};
+use shared::telemetry::{healthz, readiness, request_span, track_http, Check};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,7 +34,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
             get(|| async { readiness(vec![Check::ok("gateway")]) }),
         )
         .with_state(gateway);
-    api.layer(from_fn(track_http))
+    api.layer(from_fn(track_http)).layer(from_fn(request_span))
 }
 
 fn describe_metrics() {

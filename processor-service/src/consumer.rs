@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 pub struct Processor {
     pub amqp_url: String,
@@ -201,32 +202,40 @@ impl Processor {
             }
         };
         let payment_id = request.payment.id;
-        let decision = self.gateway.charge(&request.payment).await;
-        metrics::counter!("gateway_decisions_total", "decision" => decision.label()).increment(1);
-        match result_for(&request, decision) {
-            Ok(result) => {
-                self.publish(&result, &traceparent).await;
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    // The result is in Kafka; a redelivery replays the charge and the
-                    // wallet ignores the second result.
-                    tracing::warn!(%payment_id, error = %e, "ack failed after publishing; the request will be redelivered");
+        // Every line logged while charging and publishing (the gateway's retries included)
+        // names the payment and its trace.
+        let span = tracing::info_span!("payment", %payment_id, traceparent = %traceparent);
+        async {
+            let payment_id = request.payment.id;
+            let decision = self.gateway.charge(&request.payment).await;
+            metrics::counter!("gateway_decisions_total", "decision" => decision.label()).increment(1);
+            match result_for(&request, decision) {
+                Ok(result) => {
+                    self.publish(&result, &traceparent).await;
+                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                        // The result is in Kafka; a redelivery replays the charge and the
+                        // wallet ignores the second result.
+                        tracing::warn!(%payment_id, error = %e, "ack failed after publishing; the request will be redelivered");
+                    }
+                    tracing::info!(%payment_id, outcome = result.outcome.as_str(), traceparent, "payment result published");
                 }
-                tracing::info!(%payment_id, outcome = result.outcome.as_str(), traceparent, "payment result published");
-            }
-            Err(why) => {
-                // Keep the hold; try again later. Backing off here keeps a redelivery loop
-                // from hammering a struggling gateway.
-                tracing::warn!(%payment_id, reason = %why, "charge outcome unknown; payment stays pending and the request is requeued");
-                metrics::counter!("requests_requeued_total").increment(1);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
+                Err(why) => {
+                    // Keep the hold; try again later. Backing off here keeps a redelivery loop
+                    // from hammering a struggling gateway.
+                    tracing::warn!(%payment_id, reason = %why, "charge outcome unknown; payment stays pending and the request is requeued");
+                    metrics::counter!("requests_requeued_total").increment(1);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            multiple: false,
+                        })
+                        .await;
+                }
             }
         }
+        .instrument(span)
+        .await;
         metrics::gauge!("requests_in_flight").decrement(1.0);
         metrics::histogram!("request_processing_duration_seconds")
             .record(start.elapsed().as_secs_f64());

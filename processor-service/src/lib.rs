@@ -117,7 +117,8 @@ pub async fn start(
     let app = Router::new()
         .route("/healthz", get(shared::telemetry::healthz))
         .route("/readyz", get(readyz).with_state(ready))
-        .layer(axum::middleware::from_fn(shared::telemetry::track_http));
+        .layer(axum::middleware::from_fn(shared::telemetry::track_http))
+        .layer(axum::middleware::from_fn(shared::telemetry::request_span));
     let listener = tokio::net::TcpListener::bind(&cfg.bind)
         .await
         .with_context(|| format!("binding {}", cfg.bind))?;

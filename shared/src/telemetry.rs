@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 /// Latency buckets in seconds: sub-millisecond to tens of seconds.
@@ -173,6 +174,51 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     response
 }
 
+/// The header that carries a request's id, both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The client's request id, when it is safe to log and echo: 1 to 128 characters of
+/// `A-Z a-z 0-9 - _ . : /`. A UUID, a ULID or a trace id pass; anything else (spaces, quotes,
+/// control characters, a kilobyte of text) is replaced by a fresh id rather than written into
+/// every log line of the request.
+pub fn acceptable_request_id(value: &str) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+}
+
+/// Middleware giving every request an id and a span. The id is the client's `X-Request-Id`
+/// when [`acceptable_request_id`], else a new UUID v7; it goes back in the response's
+/// `X-Request-Id`. The span, `request{request_id, method, route, principal}`, is around the
+/// whole handling, so every line logged for the request carries them (`principal` is filled
+/// in once the bearer token was checked).
+pub async fn request_span(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let value = header::HeaderValue::from_str(&id).expect("an acceptable id is a header value");
+    req.headers_mut().insert(REQUEST_ID_HEADER, value.clone());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = method_label(req.method()),
+        route,
+        principal = tracing::field::Empty,
+    );
+    let mut response = next.run(req).instrument(span).await;
+    response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    response
+}
+
 /// One dependency's state, as `/readyz` reports it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Check {
@@ -270,6 +316,23 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn request_ids_safe_to_log_are_kept_and_others_are_not() {
+        let longest = "x".repeat(128);
+        for ok in [
+            "0196e0c4-5b9a-7c3e-8f00-0123456789ab",
+            "req-1",
+            "a.b:c/d_e",
+            &longest,
+        ] {
+            assert!(acceptable_request_id(ok), "{ok}");
+        }
+        let too_long = "x".repeat(129);
+        for bad in ["", "two words", "quote\"d", "new\nline", "é", &too_long] {
+            assert!(!acceptable_request_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn methods_outside_the_standard_set_are_other() {

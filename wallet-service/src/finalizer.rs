@@ -21,6 +21,7 @@ use sqlx::Acquire;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tracing::Instrument;
 
 pub struct Finalizer {
     pub pool: PgPool,
@@ -92,6 +93,7 @@ async fn apply_one(
     conn: &mut sqlx::PgConnection,
     r: &PaymentResult,
 ) -> Result<Applied, sqlx::Error> {
+    let span = tracing::info_span!("finalize", payment_id = %r.payment_id, event_id = %r.event_id);
     payments::finalize(
         conn,
         r.event_id,
@@ -100,6 +102,7 @@ async fn apply_one(
         r.failure_reason,
         r.gateway_reference.as_ref().map(|g| g.as_str()),
     )
+    .instrument(span)
     .await
 }
 

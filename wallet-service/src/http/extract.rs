@@ -34,6 +34,7 @@ impl FromRequestParts<AppState> for Auth {
                 ApiError::Unauthorized("the bearer token is not valid".into())
             }
         })?;
+        tracing::Span::current().record("principal", principal.sub.as_str());
         if let Some(limiter) = &state.limiter {
             limiter
                 .check(&principal.sub, std::time::Instant::now())

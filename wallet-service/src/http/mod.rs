@@ -81,4 +81,5 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .with_state(state);
     // `/metrics` is not here: it has a listener of its own (`WALLET_METRICS_BIND`).
     api.layer(axum::middleware::from_fn(shared::telemetry::track_http))
+        .layer(axum::middleware::from_fn(shared::telemetry::request_span))
 }

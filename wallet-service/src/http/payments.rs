@@ -13,6 +13,7 @@ use serde_json::json;
 use shared::ids::{PaymentId, WalletId};
 use shared::status::PaymentStatus;
 use std::collections::HashMap;
+use tracing::Instrument;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -41,8 +42,10 @@ pub async fn create(
         let description = f.opt_text("description", 500)?;
         let traceparent = shared::trace::new_traceparent();
         let alert_threshold = state.alerts.for_currency(currency);
-        let new = NewPayment { wallet_id, owner_id: &p.sub, amount, currency, merchant_id, description, alert_threshold };
-        match payments::accept(guard.conn(), new, p.admin, &traceparent).await.map_err(ApiError::from_balance_write)? {
+        let id = PaymentId::new();
+        let new = NewPayment { id, wallet_id, owner_id: &p.sub, amount, currency, merchant_id, description, alert_threshold };
+        let span = tracing::info_span!("accept", payment_id = %id, traceparent);
+        match payments::accept(guard.conn(), new, p.admin, &traceparent).instrument(span).await.map_err(ApiError::from_balance_write)? {
             AcceptOutcome::Accepted(payment) => {
                 tracing::info!(payment_id = %payment.id, %wallet_id, amount = %amount, %currency, merchant_id, traceparent, "payment accepted; funds held");
                 if let Some(threshold) = alert_threshold.filter(|t| amount >= *t) {

@@ -40,6 +40,8 @@ const PAYMENT_COLUMNS: &str = "id, wallet_id, amount, currency, merchant_id, des
      failure_reason, created_at, updated_at, finalized_at, owner_id";
 
 pub struct NewPayment<'a> {
+    /// Chosen by the caller, so that its span names the payment from the start.
+    pub id: PaymentId,
     pub wallet_id: WalletId,
     pub owner_id: &'a str,
     pub amount: Amount,
@@ -110,7 +112,7 @@ pub async fn accept(
     };
 
     // The payment and its `hold` entry in one statement (one round trip fewer).
-    let payment_id = PaymentId::new();
+    let payment_id = new.id;
     let payment: Payment = sqlx::query_as(&format!(
         "WITH entry AS (
             INSERT INTO ledger_entries (id, wallet_id, kind, amount, payment_id, available_after, held_after)
