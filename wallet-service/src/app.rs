@@ -33,9 +33,13 @@ pub async fn connect_db(cfg: &DbConfig) -> anyhow::Result<PgPool> {
 /// lock wait ends in an error (a 503 the client may retry) well before the request deadline,
 /// instead of leaving the statement running after the request was abandoned.
 pub fn pool_with(cfg: &DbConfig, options: PgConnectOptions) -> PgPool {
-    let options = options
-        .application_name("wallet-service")
-        .options([("statement_timeout", "5000"), ("lock_timeout", "3000")]);
+    let options = options.application_name("wallet-service").options([
+        (
+            "statement_timeout",
+            cfg.db_statement_timeout.as_millis().to_string(),
+        ),
+        ("lock_timeout", cfg.lock_timeout().as_millis().to_string()),
+    ]);
     PgPoolOptions::new()
         .max_connections(cfg.db_max_connections)
         .acquire_timeout(cfg.db_acquire_timeout)
@@ -150,6 +154,7 @@ pub async fn start(
     metrics: shared::telemetry::PrometheusHandle,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
+    cfg.db.check_fits_in(cfg.request_timeout)?;
     let pool = connect_db(&cfg.db).await?;
     start_with_pool(cfg, pool, metrics, shutdown).await
 }

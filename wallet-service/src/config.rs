@@ -78,6 +78,33 @@ pub struct DbConfig {
     /// How long a request waits for a connection before answering 503.
     #[arg(long = "db-acquire-timeout-ms", env = "DB_ACQUIRE_TIMEOUT_MS", default_value = "3000", value_parser = parse_duration_ms)]
     pub db_acquire_timeout: Duration,
+    /// Longest a statement may run (PostgreSQL's `statement_timeout`). Lock waits end at
+    /// three fifths of it ([`DbConfig::lock_timeout`]), so a statement stuck behind a lock
+    /// reports the lock. `serve` refuses to start unless waiting for a connection and then
+    /// for one statement fits in `REQUEST_TIMEOUT_MS`: a request that times out never
+    /// leaves its statement running.
+    #[arg(long = "db-statement-timeout-ms", env = "DB_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_duration_ms)]
+    pub db_statement_timeout: Duration,
+}
+
+impl DbConfig {
+    /// PostgreSQL's `lock_timeout`: three fifths of the statement timeout.
+    pub fn lock_timeout(&self) -> Duration {
+        self.db_statement_timeout * 3 / 5
+    }
+
+    /// Refuses a request deadline that a connection wait plus one statement can outlast.
+    pub fn check_fits_in(&self, request_timeout: Duration) -> anyhow::Result<()> {
+        let worst = self.db_acquire_timeout + self.db_statement_timeout;
+        anyhow::ensure!(
+            worst < request_timeout,
+            "REQUEST_TIMEOUT_MS ({} ms) must exceed DB_ACQUIRE_TIMEOUT_MS + DB_STATEMENT_TIMEOUT_MS ({} ms): \
+             otherwise a request can time out while its statement still runs",
+            request_timeout.as_millis(),
+            worst.as_millis()
+        );
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -176,4 +203,34 @@ pub struct ServeConfig {
     pub brokers: BrokerConfig,
     #[command(flatten)]
     pub dispatcher: DispatcherConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(acquire_ms: u64, statement_ms: u64) -> DbConfig {
+        DbConfig {
+            database_url: String::new(),
+            db_max_connections: 1,
+            db_acquire_timeout: Duration::from_millis(acquire_ms),
+            db_statement_timeout: Duration::from_millis(statement_ms),
+        }
+    }
+
+    #[test]
+    fn database_waits_derive_from_the_statement_timeout_and_fit_in_the_request_deadline() {
+        let defaults = db(3000, 5000);
+        assert_eq!(defaults.lock_timeout(), Duration::from_millis(3000));
+        assert!(defaults.check_fits_in(Duration::from_secs(10)).is_ok());
+        let err = db(3000, 8000)
+            .check_fits_in(Duration::from_secs(10))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REQUEST_TIMEOUT_MS (10000 ms)"), "{err}");
+        assert!(err.contains("(11000 ms)"), "{err}");
+        assert!(db(5000, 5000)
+            .check_fits_in(Duration::from_secs(10))
+            .is_err());
+    }
 }

@@ -120,6 +120,7 @@ pub fn serve_config(opts: &Opts) -> ServeConfig {
             database_url: String::new(),
             db_max_connections: 10,
             db_acquire_timeout: Duration::from_secs(3),
+            db_statement_timeout: Duration::from_secs(5),
         },
         brokers: broker_config(&opts.prefix),
         dispatcher: dispatcher_config(),
