@@ -3,7 +3,7 @@
 
 use crate::api::CallResult;
 use crate::mix::PayKind;
-use crate::run::{lock, Ctx, Outcome, Wallet};
+use crate::run::{lock, Ctx, PayAnswer, Wallet};
 use crate::stats::{histogram, record};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
@@ -368,13 +368,13 @@ pub async fn verify(
             ));
         }
         match &r.outcome {
-            Outcome::Accepted { id } => {
+            PayAnswer::Accepted { id } => {
                 counts.accepted += 1;
                 ours.insert(id.clone(), (r.op.wallet, r.op.amount, r.op.kind));
             }
-            Outcome::Refused => counts.refused += 1,
-            Outcome::Rejected(_) => counts.rejected += 1,
-            Outcome::Unresolved(_) => {
+            PayAnswer::Refused => counts.refused += 1,
+            PayAnswer::Rejected(_) => counts.rejected += 1,
+            PayAnswer::Unresolved(_) => {
                 counts.unresolved += 1;
                 unresolved.insert(r.op.n, (r.op.wallet, r.op.amount, r.op.kind));
             }

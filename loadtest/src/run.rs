@@ -28,7 +28,7 @@ pub struct Wallet {
 
 /// How a payment ended from the client's point of view.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum PayAnswer {
     /// 202: the payment exists, with this id.
     Accepted { id: String },
     /// 422 insufficient_funds.
@@ -41,7 +41,7 @@ pub enum Outcome {
 
 pub struct PayRecord {
     pub op: PayOp,
-    pub outcome: Outcome,
+    pub outcome: PayAnswer,
     /// The definitive answer was not the one the mix intended (e.g. a refusal accepted).
     pub surprise: Option<String>,
 }
@@ -335,7 +335,7 @@ impl Ctx {
         }
         // What the answer means for the money, whatever the mix intended.
         let (outcome, surprise) = match (judged, &last) {
-            (Judged::Transient(d), _) => (Outcome::Unresolved(d), None),
+            (Judged::Transient(d), _) => (PayAnswer::Unresolved(d), None),
             (judged, Ok(r)) => {
                 let surprise = match judged {
                     Judged::Unexpected(d) => Some(d),
@@ -343,24 +343,24 @@ impl Ctx {
                 };
                 let outcome = match r.body["id"].as_str() {
                     Some(id) if r.status == StatusCode::ACCEPTED => {
-                        Outcome::Accepted { id: id.to_owned() }
+                        PayAnswer::Accepted { id: id.to_owned() }
                     }
-                    _ if r.code() == Some("insufficient_funds") => Outcome::Refused,
-                    _ => Outcome::Rejected(r.describe()),
+                    _ if r.code() == Some("insufficient_funds") => PayAnswer::Refused,
+                    _ => PayAnswer::Rejected(r.describe()),
                 };
                 (outcome, surprise)
             }
-            (_, Err(e)) => (Outcome::Unresolved(e.describe()), None),
+            (_, Err(e)) => (PayAnswer::Unresolved(e.describe()), None),
         };
         let accepted_at = Instant::now();
         if op.retry {
             if let Ok(first) = &last {
-                if !matches!(outcome, Outcome::Unresolved(_)) {
+                if !matches!(outcome, PayAnswer::Unresolved(_)) {
                     self.replay(&key, &w.token, &body, first).await;
                 }
             }
         }
-        if let Outcome::Accepted { id } = &outcome {
+        if let PayAnswer::Accepted { id } = &outcome {
             {
                 let mut recent = lock(&self.recent);
                 if recent.len() >= 1024 {

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use shared::telemetry::{healthz, readiness, request_span, track_http, Check};
+use shared::telemetry::{healthz, readiness, request_span, track_http, ReadinessCheck};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +31,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         // Nothing to probe (no dependencies), hence nothing to cache.
         .route(
             "/readyz",
-            get(|| async { readiness(vec![Check::ok("gateway")]) }),
+            get(|| async { readiness(vec![ReadinessCheck::ok("gateway")]) }),
         )
         .with_state(gateway);
     api.layer(from_fn(track_http)).layer(from_fn(request_span))
@@ -79,7 +79,7 @@ impl ChargeRequest {
 }
 
 /// How a well-formed charge request ended.
-enum Outcome {
+enum ChargeAnswer {
     Charged(Charge),
     Replayed(Charge),
     Unavailable,
@@ -89,31 +89,33 @@ enum Outcome {
     Voided,
 }
 
-impl Outcome {
+impl ChargeAnswer {
     fn label(&self) -> &'static str {
         match self {
-            Outcome::Charged(c) if c.status == ChargeStatus::Declined => "declined",
-            Outcome::Charged(_) => "succeeded",
-            Outcome::Replayed(_) => "replayed",
-            Outcome::Unavailable => "unavailable",
-            Outcome::InProgress => "in_progress",
-            Outcome::Reused => "reused",
-            Outcome::Voided => "voided",
+            ChargeAnswer::Charged(c) if c.status == ChargeStatus::Declined => "declined",
+            ChargeAnswer::Charged(_) => "succeeded",
+            ChargeAnswer::Replayed(_) => "replayed",
+            ChargeAnswer::Unavailable => "unavailable",
+            ChargeAnswer::InProgress => "in_progress",
+            ChargeAnswer::Reused => "reused",
+            ChargeAnswer::Voided => "voided",
         }
     }
 }
 
-impl IntoResponse for Outcome {
+impl IntoResponse for ChargeAnswer {
     fn into_response(self) -> Response {
         match self {
-            Outcome::Charged(charge) => Json(charge).into_response(),
-            Outcome::Replayed(charge) => {
+            ChargeAnswer::Charged(charge) => Json(charge).into_response(),
+            ChargeAnswer::Replayed(charge) => {
                 ([("idempotent-replayed", "true")], Json(charge)).into_response()
             }
-            Outcome::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Outcome::InProgress => error(StatusCode::CONFLICT, "request_in_progress"),
-            Outcome::Reused => error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
-            Outcome::Voided => error(StatusCode::CONFLICT, "charge_voided"),
+            ChargeAnswer::Unavailable => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ChargeAnswer::InProgress => error(StatusCode::CONFLICT, "request_in_progress"),
+            ChargeAnswer::Reused => {
+                error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            ChargeAnswer::Voided => error(StatusCode::CONFLICT, "charge_voided"),
         }
     }
 }
@@ -155,8 +157,8 @@ async fn create_charge(
         }
     };
     match &outcome {
-        Outcome::Replayed(_) => gw.replays.fetch_add(1, Relaxed),
-        Outcome::Unavailable => gw.unavailable.fetch_add(1, Relaxed),
+        ChargeAnswer::Replayed(_) => gw.replays.fetch_add(1, Relaxed),
+        ChargeAnswer::Unavailable => gw.unavailable.fetch_add(1, Relaxed),
         _ => 0,
     };
     let result = outcome.label();
@@ -167,22 +169,22 @@ async fn create_charge(
     outcome.into_response()
 }
 
-async fn charge(gw: &Gateway, key: &str, request: ChargeRequest) -> std::io::Result<Outcome> {
+async fn charge(gw: &Gateway, key: &str, request: ChargeRequest) -> std::io::Result<ChargeAnswer> {
     let claim = match gw.store.claim(key) {
         Claim::Existing(charge) if charge.status == ChargeStatus::Voided => {
-            return Ok(Outcome::Voided)
+            return Ok(ChargeAnswer::Voided)
         }
         Claim::Existing(charge) if request.matches(&charge) => {
-            return Ok(Outcome::Replayed(charge))
+            return Ok(ChargeAnswer::Replayed(charge))
         }
-        Claim::Existing(_) => return Ok(Outcome::Reused),
-        Claim::InProgress => return Ok(Outcome::InProgress),
+        Claim::Existing(_) => return Ok(ChargeAnswer::Reused),
+        Claim::InProgress => return Ok(ChargeAnswer::InProgress),
         Claim::Claimed(claim) => claim,
     };
     let behaviour = gw.behaviour();
     tokio::time::sleep(gw.latency(behaviour.latency_ms)).await;
     let Some(status) = gw.decide(&request.merchant_id, &behaviour) else {
-        return Ok(Outcome::Unavailable);
+        return Ok(ChargeAnswer::Unavailable);
     };
     let charge = Charge {
         id: format!("ch_{}", uuid::Uuid::now_v7().simple()),
@@ -200,7 +202,7 @@ async fn charge(gw: &Gateway, key: &str, request: ChargeRequest) -> std::io::Res
     tokio::task::spawn_blocking(move || claim.record(charge))
         .await
         .map_err(std::io::Error::other)?
-        .map(Outcome::Charged)
+        .map(ChargeAnswer::Charged)
 }
 
 async fn get_charge(State(gw): State<Arc<Gateway>>, Path(key): Path<String>) -> Response {

@@ -19,7 +19,9 @@ use consumer::Processor;
 use gateway::GatewayClient;
 use rdkafka::producer::Producer;
 use shared::shutdown::Shutdown;
-use shared::telemetry::{readiness, Check, MetricsServer, PrometheusHandle, ReadinessCache};
+use shared::telemetry::{
+    readiness, MetricsServer, PrometheusHandle, ReadinessCache, ReadinessCheck,
+};
 use shared::topology::{AmqpTopology, KafkaTopics};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,11 +43,11 @@ async fn readyz(State(r): State<Ready>) -> Response {
     readiness(cache.checks(|| probe(r)).await)
 }
 
-async fn probe(r: Ready) -> Vec<Check> {
+async fn probe(r: Ready) -> Vec<ReadinessCheck> {
     let mut checks = vec![if r.amqp.load(Ordering::Relaxed) {
-        Check::ok("rabbitmq")
+        ReadinessCheck::ok("rabbitmq")
     } else {
-        Check::down("rabbitmq", "not connected")
+        ReadinessCheck::down("rabbitmq", "not connected")
     }];
     let producer = r.producer.clone();
     let kafka = tokio::task::spawn_blocking(move || {
@@ -58,12 +60,12 @@ async fn probe(r: Ready) -> Vec<Check> {
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
     checks.push(match kafka {
-        Ok(()) => Check::ok("kafka"),
-        Err(e) => Check::down("kafka", e),
+        Ok(()) => ReadinessCheck::ok("kafka"),
+        Err(e) => ReadinessCheck::down("kafka", e),
     });
     checks.push(match r.gateway.ready().await {
-        Ok(()) => Check::ok("gateway"),
-        Err(e) => Check::down("gateway", e),
+        Ok(()) => ReadinessCheck::ok("gateway"),
+        Err(e) => ReadinessCheck::down("gateway", e),
     });
     checks
 }

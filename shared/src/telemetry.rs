@@ -221,14 +221,14 @@ pub async fn request_span(mut req: Request, next: Next) -> Response {
 
 /// One dependency's state, as `/readyz` reports it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Check {
+pub struct ReadinessCheck {
     pub name: &'static str,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-impl Check {
+impl ReadinessCheck {
     pub fn ok(name: &'static str) -> Self {
         Self {
             name,
@@ -254,7 +254,7 @@ pub const READINESS_TTL: Duration = Duration::from_secs(1);
 /// runs wait for it and share its answer: at most one probe is in flight.
 pub struct ReadinessCache {
     ttl: Duration,
-    last: tokio::sync::Mutex<Option<(Instant, Vec<Check>)>>,
+    last: tokio::sync::Mutex<Option<(Instant, Vec<ReadinessCheck>)>>,
 }
 
 impl Default for ReadinessCache {
@@ -272,10 +272,10 @@ impl ReadinessCache {
     }
 
     /// The checks of a probe at most `ttl` old, running `probe` if there is none.
-    pub async fn checks<F, Fut>(&self, probe: F) -> Vec<Check>
+    pub async fn checks<F, Fut>(&self, probe: F) -> Vec<ReadinessCheck>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Vec<Check>>,
+        Fut: Future<Output = Vec<ReadinessCheck>>,
     {
         // Held across the probe: the single in-flight check the others wait for.
         let mut last = self.last.lock().await;
@@ -291,7 +291,7 @@ impl ReadinessCache {
 }
 
 /// `/readyz` body: 200 when every check passed, else 503 naming what is down.
-pub fn readiness(checks: Vec<Check>) -> Response {
+pub fn readiness(checks: Vec<ReadinessCheck>) -> Response {
     let down: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
     let status = if down.is_empty() {
         StatusCode::OK
@@ -356,7 +356,7 @@ mod tests {
                 .checks(|| async {
                     probes.fetch_add(1, Ordering::SeqCst);
                     let _open = gate.acquire().await.unwrap();
-                    vec![Check::ok("postgres")]
+                    vec![ReadinessCheck::ok("postgres")]
                 })
                 .await
         };

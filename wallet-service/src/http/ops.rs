@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use rdkafka::producer::Producer;
-use shared::telemetry::{readiness, Check};
+use shared::telemetry::{readiness, ReadinessCheck};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     readiness(checks.checks(|| probe(&state)).await)
 }
 
-async fn probe(state: &AppState) -> Vec<Check> {
+async fn probe(state: &AppState) -> Vec<ReadinessCheck> {
     let mut checks = Vec::new();
     let db = tokio::time::timeout(
         Duration::from_secs(1),
@@ -24,15 +24,15 @@ async fn probe(state: &AppState) -> Vec<Check> {
     )
     .await;
     checks.push(match db {
-        Ok(Ok(_)) => Check::ok("postgres"),
-        Ok(Err(e)) => Check::down("postgres", e.to_string()),
-        Err(_) => Check::down("postgres", "no answer within 1s"),
+        Ok(Ok(_)) => ReadinessCheck::ok("postgres"),
+        Ok(Err(e)) => ReadinessCheck::down("postgres", e.to_string()),
+        Err(_) => ReadinessCheck::down("postgres", "no answer within 1s"),
     });
     if let Some(amqp) = &state.health.amqp {
         checks.push(if amqp.load(Ordering::Relaxed) {
-            Check::ok("rabbitmq")
+            ReadinessCheck::ok("rabbitmq")
         } else {
-            Check::down("rabbitmq", "outbox dispatcher not connected")
+            ReadinessCheck::down("rabbitmq", "outbox dispatcher not connected")
         });
     }
     if let Some(producer) = state.health.kafka.clone() {
@@ -45,9 +45,9 @@ async fn probe(state: &AppState) -> Vec<Check> {
         })
         .await;
         checks.push(match probe {
-            Ok(Ok(())) => Check::ok("kafka"),
-            Ok(Err(e)) => Check::down("kafka", e),
-            Err(e) => Check::down("kafka", e.to_string()),
+            Ok(Ok(())) => ReadinessCheck::ok("kafka"),
+            Ok(Err(e)) => ReadinessCheck::down("kafka", e),
+            Err(e) => ReadinessCheck::down("kafka", e.to_string()),
         });
     }
     checks

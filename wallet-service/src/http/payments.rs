@@ -17,19 +17,27 @@ use tracing::Instrument;
 
 pub async fn create(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     IdempotencyKey(key): IdempotencyKey,
     uri: Uri,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    let mut guard =
-        match Guard::begin(&state.db, &p.sub, Some(&key), "POST", uri.path(), &body).await? {
-            Started::Replay(r) => {
-                metrics::counter!("idempotent_replays_total").increment(1);
-                return Ok(r);
-            }
-            Started::Fresh(g) => g,
-        };
+    let mut guard = match Guard::begin(
+        &state.db,
+        &principal.sub,
+        Some(&key),
+        "POST",
+        uri.path(),
+        &body,
+    )
+    .await?
+    {
+        Started::Replay(r) => {
+            metrics::counter!("idempotent_replays_total").increment(1);
+            return Ok(r);
+        }
+        Started::Fresh(g) => g,
+    };
     let outcome = async {
         let f = Fields(&body);
         let wallet_id: WalletId = f
@@ -43,9 +51,9 @@ pub async fn create(
         let traceparent = shared::trace::new_traceparent();
         let alert_threshold = state.alerts.for_currency(currency);
         let id = PaymentId::new();
-        let new = NewPayment { id, wallet_id, owner_id: &p.sub, amount, currency, merchant_id, description, alert_threshold };
+        let new = NewPayment { id, wallet_id, owner_id: &principal.sub, amount, currency, merchant_id, description, alert_threshold };
         let span = tracing::info_span!("accept", payment_id = %id, traceparent);
-        match payments::accept(guard.conn(), new, p.admin, &traceparent).instrument(span).await.map_err(ApiError::from_balance_write)? {
+        match payments::accept(guard.conn(), new, principal.admin, &traceparent).instrument(span).await.map_err(ApiError::from_balance_write)? {
             AcceptOutcome::Accepted(payment) => {
                 tracing::info!(payment_id = %payment.id, %wallet_id, amount = %amount, %currency, merchant_id, traceparent, "payment accepted; funds held");
                 if let Some(threshold) = alert_threshold.filter(|t| amount >= *t) {
@@ -72,13 +80,13 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     PathId(id): PathId,
 ) -> ApiResult<Response> {
     let id: PaymentId = id.parse().map_err(|_| ApiError::PaymentNotFound)?;
     let mut conn = state.db.acquire().await?;
     match payments::get(&mut conn, id).await? {
-        Some(payment) if p.can_read(&payment.owner_id) => {
+        Some(payment) if principal.can_read(&payment.owner_id) => {
             Ok(json_response(StatusCode::OK, &json!(payment)))
         }
         _ => Err(ApiError::PaymentNotFound),
@@ -87,7 +95,7 @@ pub async fn get(
 
 pub async fn list(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let limit = parse_limit(&q)?;
@@ -114,7 +122,7 @@ pub async fn list(
         })
         .transpose()?;
     let filter = ListFilter {
-        owner_id: (!p.admin).then(|| p.sub.clone()),
+        owner_id: (!principal.admin).then(|| principal.sub.clone()),
         wallet_id,
         status,
         window: parse_window(&q)?,

@@ -21,37 +21,45 @@ use std::collections::HashMap;
 /// principals' wallets do not leak.
 async fn visible_wallet(
     conn: &mut PgConnection,
-    p: &Principal,
+    principal: &Principal,
     id: &str,
 ) -> ApiResult<wallets::Wallet> {
     let id: WalletId = id.parse().map_err(|_| ApiError::WalletNotFound)?;
     match wallets::get(conn, id).await? {
-        Some(w) if p.can_read(&w.owner_id) => Ok(w),
+        Some(w) if principal.can_read(&w.owner_id) => Ok(w),
         _ => Err(ApiError::WalletNotFound),
     }
 }
 
 pub async fn create(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     MaybeIdempotencyKey(key): MaybeIdempotencyKey,
     uri: Uri,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
     let key = key.map(|k| k.0);
-    let mut guard =
-        match Guard::begin(&state.db, &p.sub, key.as_deref(), "POST", uri.path(), &body).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(g) => g,
-        };
+    let mut guard = match Guard::begin(
+        &state.db,
+        &principal.sub,
+        key.as_deref(),
+        "POST",
+        uri.path(),
+        &body,
+    )
+    .await?
+    {
+        Started::Replay(r) => return Ok(r),
+        Started::Fresh(g) => g,
+    };
     let outcome = async {
         let f = Fields(&body);
         let currency = f.currency()?;
         let owner = match f.opt_str("owner_id")? {
-            None => p.sub.as_str(),
+            None => principal.sub.as_str(),
             // The same rule as every other text field: 1 to 255 characters (the column's
             // CHECK), no control characters.
-            Some(o) if o == p.sub || p.admin => f.text("owner_id", 1, 255)?,
+            Some(o) if o == principal.sub || principal.admin => f.text("owner_id", 1, 255)?,
             Some(_) => return Err(ApiError::Forbidden("only the admin scope may create wallets for another owner")),
         };
         let wallet = wallets::create(guard.conn(), owner, currency).await?;
@@ -64,19 +72,19 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     PathId(id): PathId,
 ) -> ApiResult<Response> {
-    let wallet = visible_wallet(&mut *state.db.acquire().await?, &p, &id).await?;
+    let wallet = visible_wallet(&mut *state.db.acquire().await?, &principal, &id).await?;
     Ok(json_response(StatusCode::OK, &json!(wallet)))
 }
 
 pub async fn balance(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     PathId(id): PathId,
 ) -> ApiResult<Response> {
-    let w = visible_wallet(&mut *state.db.acquire().await?, &p, &id).await?;
+    let w = visible_wallet(&mut *state.db.acquire().await?, &principal, &id).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -91,21 +99,29 @@ pub async fn balance(
 
 pub async fn deposit(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     MaybeIdempotencyKey(key): MaybeIdempotencyKey,
     PathId(id): PathId,
     uri: Uri,
     JsonObject(body): JsonObject,
 ) -> ApiResult<Response> {
-    if !p.admin {
+    if !principal.admin {
         return Err(ApiError::Forbidden("deposits need the admin scope"));
     }
     let key = key.ok_or(ApiError::IdempotencyKeyMissing)?.0;
-    let mut guard =
-        match Guard::begin(&state.db, &p.sub, Some(&key), "POST", uri.path(), &body).await? {
-            Started::Replay(r) => return Ok(r),
-            Started::Fresh(g) => g,
-        };
+    let mut guard = match Guard::begin(
+        &state.db,
+        &principal.sub,
+        Some(&key),
+        "POST",
+        uri.path(),
+        &body,
+    )
+    .await?
+    {
+        Started::Replay(r) => return Ok(r),
+        Started::Fresh(g) => g,
+    };
     let outcome = async {
         let wallet_id: WalletId = id.parse().map_err(|_| ApiError::WalletNotFound)?;
         let f = Fields(&body);
@@ -134,12 +150,12 @@ pub async fn deposit(
 
 pub async fn transactions(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     PathId(id): PathId,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let mut conn = state.db.acquire().await?;
-    let wallet = visible_wallet(&mut conn, &p, &id).await?;
+    let wallet = visible_wallet(&mut conn, &principal, &id).await?;
     let limit = parse_limit(&q)?;
     let before = match q.get("cursor") {
         None => None,
@@ -178,12 +194,12 @@ pub async fn transactions(
 /// `from` defaults to the wallet's opening, `to` to the time of the request.
 pub async fn summary(
     State(state): State<AppState>,
-    Auth(p): Auth,
+    Auth(principal): Auth,
     PathId(id): PathId,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let mut conn = state.db.acquire().await?;
-    let wallet = visible_wallet(&mut conn, &p, &id).await?;
+    let wallet = visible_wallet(&mut conn, &principal, &id).await?;
     let window = parse_window(&q)?;
     let from = window.from.unwrap_or(wallet.created_at);
     let to = window.to.unwrap_or_else(chrono::Utc::now);

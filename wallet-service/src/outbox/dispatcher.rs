@@ -82,7 +82,7 @@ impl Dispatcher {
                     attempt = 0;
                     self.connected.store(true, Ordering::Relaxed);
                     tracing::info!(exchange = %self.topology.exchange, "outbox dispatcher connected to RabbitMQ");
-                    let reason = self.relay(&channel, &mut shutdown).await;
+                    let reason = self.publish_while_connected(&channel, &mut shutdown).await;
                     self.connected.store(false, Ordering::Relaxed);
                     let _ = conn.close(200, "dispatcher stopping".into()).await;
                     match reason {
@@ -117,7 +117,11 @@ impl Dispatcher {
     }
 
     /// Publishes batches until shutdown (Ok) or a broker failure (Err).
-    async fn relay(&self, channel: &Channel, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+    async fn publish_while_connected(
+        &self,
+        channel: &Channel,
+        shutdown: &mut Shutdown,
+    ) -> anyhow::Result<()> {
         let mut wakeup = Wakeup::new(
             self.pool.clone(),
             crate::outbox::Channel::Payments.notify_channel(),
