@@ -127,7 +127,27 @@ pub fn serve_config(opts: &Opts) -> ServeConfig {
     }
 }
 
+/// With `TEST_LOG` set (`TEST_LOG=1`, or a filter such as `TEST_LOG=wallet_service=debug`),
+/// the service's logs go to the test's output, which cargo shows for a failing test (and
+/// for every test with `-- --nocapture`).
+pub fn show_logs_when_asked() {
+    if let Some(filter) = std::env::var("TEST_LOG").ok().filter(|v| !v.is_empty()) {
+        let filter = if filter == "1" {
+            "info".to_owned()
+        } else {
+            filter
+        };
+        // The first test to start installs it; the rest find it there.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    }
+}
+
 pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
+    show_logs_when_asked();
     let cfg = serve_config(&opts);
     let (trigger, shutdown) = shared::shutdown::channel();
     let metrics = shared::telemetry::install_metrics();
