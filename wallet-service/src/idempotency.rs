@@ -10,7 +10,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-/// How long a key is remembered.
+/// How long a key is remembered: the API promises at least 24 hours, so this is not a
+/// setting.
 pub const RETENTION_HOURS: i64 = 24;
 
 /// A stable hash of what makes two requests "the same": method, path and the body with

@@ -910,3 +910,89 @@ async fn every_request_has_an_id_in_its_answer_and_in_every_line_it_logs(pool: P
     assert!(id.parse::<uuid::Uuid>().is_ok());
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn housekeeping_prunes_what_is_past_its_retention_and_nothing_else(pool: PgPool) {
+    use wallet_service::housekeeping::{prune, Retention};
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 10_000, "EUR").await;
+    let live = app.pay("alice", &wallet, 100, "m_1").await;
+    assert_eq!(live.status(), StatusCode::ACCEPTED);
+    let exec = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+    };
+    // 12,000 expired keys (more than one batch of 5,000: a pass goes on until caught up),
+    // 7,000 inbox rows and 6,000 published outbox rows two hours old; and the same kinds of
+    // rows inside their retention, which must stay.
+    exec(
+        "INSERT INTO idempotency_keys (principal, key, fingerprint, response_status, response_body, expires_at)
+         SELECT 'old', 'k' || i, 'f', 202, '{}', now() - interval '1 second' FROM generate_series(1, 12000) i",
+    )
+    .await;
+    exec(
+        "INSERT INTO processed_events (event_id, payment_id, outcome, applied, processed_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'succeeded', true, now() - interval '2 hours'
+         FROM generate_series(1, 7000)",
+    )
+    .await;
+    exec(
+        "INSERT INTO processed_events (event_id, payment_id, outcome, applied)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'succeeded', true FROM generate_series(1, 10)",
+    )
+    .await;
+    exec(
+        "INSERT INTO outbox (id, aggregate_id, event_type, payload, channel, created_at, published_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'payment.finalized', '{}', 'events',
+                now() - interval '3 hours', now() - interval '2 hours'
+         FROM generate_series(1, 6000)",
+    )
+    .await;
+    // Old but never published: an outbox row is kept until it is relayed, however old.
+    exec("UPDATE outbox SET created_at = now() - interval '3 hours' WHERE published_at IS NULL")
+        .await;
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let keys = count("SELECT count(*) FROM idempotency_keys WHERE principal <> 'old'").await;
+    let unpublished = count("SELECT count(*) FROM outbox WHERE published_at IS NULL").await;
+    assert!(
+        keys >= 2 && unpublished >= 2,
+        "{keys} keys, {unpublished} unpublished"
+    );
+
+    let retention = Retention {
+        outbox_secs: 3600,
+        inbox_secs: 3600,
+        every: std::time::Duration::from_secs(10),
+    };
+    let deleted = prune(&pool, &retention).await.unwrap();
+    assert_eq!(
+        deleted,
+        [
+            ("outbox", 6000),
+            ("idempotency_keys", 12000),
+            ("processed_events", 7000)
+        ]
+    );
+    assert_eq!(count("SELECT count(*) FROM idempotency_keys").await, keys);
+    assert_eq!(count("SELECT count(*) FROM processed_events").await, 10);
+    assert_eq!(count("SELECT count(*) FROM outbox").await, unpublished);
+    // A second pass finds nothing.
+    let again = prune(&pool, &retention).await.unwrap();
+    assert!(again.iter().all(|(_, n)| *n == 0), "{again:?}");
+    app.stop().await;
+}
