@@ -255,7 +255,8 @@ pub async fn start_with_pool(
                 tracing::info!(topic = %topics.results, "result consumer subscribed");
                 let f = Finalizer {
                     pool: pool.clone(),
-                    consumer,
+                    consumer: Arc::new(consumer),
+                    group: group.clone(),
                     producer: producer.clone(),
                     topics: topics.clone(),
                     batch_size,

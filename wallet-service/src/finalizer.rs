@@ -25,7 +25,9 @@ use tracing::Instrument;
 
 pub struct Finalizer {
     pub pool: PgPool,
-    pub consumer: shared::kafka::Consumer,
+    pub consumer: std::sync::Arc<shared::kafka::Consumer>,
+    /// The consumer group it reads in (`RESULTS_CONSUMER_GROUP`).
+    pub group: String,
     pub producer: FutureProducer,
     pub topics: KafkaTopics,
     pub batch_size: usize,
@@ -108,14 +110,25 @@ async fn apply_one(
 
 /// Consecutive consumer errors for this long mean the consumer is stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(15);
+/// How often the consumer checks that someone reads every partition it does not hold.
+const ASSIGNMENT_CHECK_EVERY: Duration = Duration::from_secs(20);
 
 impl Finalizer {
     pub async fn run(self, mut shutdown: Shutdown) -> Stopped {
         let db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failing_since: Option<std::time::Instant> = None;
+        let mut check = tokio::time::interval(ASSIGNMENT_CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
         loop {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
+                _ = check.tick() => {
+                    if self.partitions_read_by_nobody().await {
+                        return Stopped::Unhealthy;
+                    }
+                    continue;
+                }
                 _ = shutdown.wait() => break,
             };
             let first = match first {
@@ -173,6 +186,51 @@ impl Finalizer {
         }
         tracing::info!("result consumer stopped");
         Stopped::Shutdown
+    }
+
+    /// Whether some partition of the results topic is assigned to nobody alive.
+    ///
+    /// Tansu 0.6.0 can expire a member without a new assignment: seen after the
+    /// wallet-service and the broker were killed seconds apart, the group kept a dead
+    /// member's partitions assigned to it, the live consumer heartbeated without being told
+    /// to rebalance, and two of three partitions went unread. So when this consumer holds
+    /// fewer partitions than the topic has, it asks the broker who the members are; alone
+    /// in the group, it is recreated (leave, then join), which makes the broker assign
+    /// every partition again. With other live members it holds a share, as it should.
+    async fn partitions_read_by_nobody(&self) -> bool {
+        let consumer = self.consumer.clone();
+        let topic = self.topics.results.clone();
+        let group = self.group.clone();
+        let check = tokio::task::spawn_blocking(
+            move || -> rdkafka::error::KafkaResult<Option<(usize, usize)>> {
+                let held = consumer.assignment()?.count();
+                let timeout = Duration::from_secs(5);
+                let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+                let partitions = metadata
+                    .topics()
+                    .first()
+                    .map_or(0, |t| t.partitions().len());
+                if held >= partitions {
+                    return Ok(None);
+                }
+                let groups = consumer.fetch_group_list(Some(&group), timeout)?;
+                let members = groups.groups().first().map_or(0, |g| g.members().len());
+                Ok((members <= 1).then_some((held, partitions)))
+            },
+        )
+        .await;
+        match check {
+            Ok(Ok(Some((held, partitions)))) => {
+                tracing::warn!(held, partitions, "this consumer is alone in its group but holds only some of the results partitions (the broker kept a dead member's share); rejoining the group");
+                true
+            }
+            Ok(Ok(None)) => false,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not check the results partitions' assignment");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     async fn apply_batch(&self, batch: &[OwnedMessage], mode: Mode) -> anyhow::Result<()> {
