@@ -20,7 +20,6 @@ RUN_DIR="$ROOT/.run"
 LOG_DIR="$RUN_DIR/logs"
 PID_DIR="$RUN_DIR/pids"
 ENV_FILE="$RUN_DIR/env"
-JWT_SECRET_FILE="$RUN_DIR/jwt_secret"
 
 HOST=127.0.0.1
 PG_PORT=54320
@@ -35,6 +34,10 @@ KAFKA_PORT=9092
 WALLET_PORT=8080
 PROCESSOR_PORT=8081
 GATEWAY_PORT=8090
+# The local identity provider (JWKS and tokens), unless sign-in is configured otherwise.
+IDP_PORT=8070
+IDP_URL_LOCAL="http://$HOST:$IDP_PORT"
+IDP_DIR="$RUN_DIR/idp"
 # Each service serves /metrics on a listener of its own, never on its public port.
 WALLET_METRICS_PORT=9180
 PROCESSOR_METRICS_PORT=9181
@@ -45,8 +48,9 @@ RABBIT_DIR="$RUN_DIR/rabbitmq"
 RABBIT_BIN=/usr/lib/rabbitmq/bin
 TANSU_DIR="$RUN_DIR/tansu"
 
-# Start order; scripts/down stops them in reverse.
-SERVICES=(mock-gateway processor-service wallet-service)
+# Start order; scripts/down stops them in reverse. local-idp runs only when the stack signs
+# in with it (the default; see scripts/up).
+SERVICES=(local-idp mock-gateway processor-service wallet-service)
 
 export DEBIAN_FRONTEND=noninteractive
 # rustup installs cargo (and cargo install puts tansu) here; non-login shells (CI) often
@@ -304,12 +308,15 @@ svc_port() {
     wallet-service) echo "$WALLET_PORT" ;;
     processor-service) echo "$PROCESSOR_PORT" ;;
     mock-gateway) echo "$GATEWAY_PORT" ;;
+    local-idp) echo "$IDP_PORT" ;;
     *) die "unknown service $1" ;;
     esac
 }
 
+# The metrics port; none for local-idp (a development tool, not part of the product).
 svc_metrics_port() {
     case $1 in
+    local-idp) echo "" ;;
     wallet-service) echo "$WALLET_METRICS_PORT" ;;
     processor-service) echo "$PROCESSOR_METRICS_PORT" ;;
     mock-gateway) echo "$GATEWAY_METRICS_PORT" ;;
@@ -319,11 +326,13 @@ svc_metrics_port() {
 
 svc_args() {
     case $1 in
-    wallet-service) echo serve ;;
+    wallet-service | local-idp) echo serve ;;
     *) echo ;;
     esac
 }
 
 svc_ready() {
-    curl -sf -o /dev/null --max-time 2 "http://$HOST:$(svc_port "$1")/readyz"
+    local path=/readyz
+    [[ $1 != local-idp ]] || path=/healthz
+    curl -sf -o /dev/null --max-time 2 "http://$HOST:$(svc_port "$1")$path"
 }

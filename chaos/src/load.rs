@@ -43,7 +43,7 @@ pub struct Load {
     seed: u64,
     /// How many wallets `fund` creates.
     wallet_count: usize,
-    secret: String,
+    tokens: shared::auth::TokenSource,
     wallets: Mutex<Vec<Wallet>>,
     accepted: Mutex<Vec<Uuid>>,
     stats: Mutex<Stats>,
@@ -53,19 +53,25 @@ pub struct Load {
 type Answer = (StatusCode, Value);
 
 impl Load {
-    pub fn new(http: Client, url: &str, secret: &str, seed: u64, wallets: usize) -> Self {
-        Self {
+    pub async fn new(
+        http: Client,
+        url: &str,
+        tokens: shared::auth::TokenSource,
+        seed: u64,
+        wallets: usize,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
             http,
             url: url.trim_end_matches('/').to_owned(),
-            admin: shared::auth::mint(secret, "chaos-admin", true, 7200),
+            admin: tokens.token("chaos-admin", true, 7200).await?,
             run: format!("chaos-{seed}-{}", Uuid::now_v7().simple()),
             seed,
             wallet_count: wallets,
-            secret: secret.to_owned(),
+            tokens,
             wallets: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
             stats: Mutex::new(Stats::default()),
-        }
+        })
     }
 
     pub fn stats(&self) -> Stats {
@@ -130,7 +136,7 @@ impl Load {
     pub async fn fund(&self) -> anyhow::Result<()> {
         for i in 0..self.wallet_count {
             let owner = format!("{}-{i}", self.run);
-            let token = shared::auth::mint(&self.secret, &owner, false, 7200);
+            let token = self.tokens.token(&owner, false, 7200).await?;
             let (s, w) = self
                 .post(
                     "/v1/wallets",

@@ -51,8 +51,16 @@ struct Args {
     amqp_url: String,
     #[arg(long, env = "KAFKA_BROKERS")]
     kafka_brokers: String,
+    /// The local identity provider that mints the tokens (the default stack's sign-in).
+    #[arg(long, env = "IDP_URL")]
+    idp_url: Option<String>,
+    /// HS256 secret, when the stack runs the development sign-in instead.
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
+    jwt_secret: Option<String>,
+    #[arg(long, env = "AUTH_ISSUER", hide = true)]
+    auth_issuer: Option<String>,
+    #[arg(long, env = "AUTH_AUDIENCE", hide = true)]
+    auth_audience: Option<String>,
     /// RabbitMQ management API (for the dead-letter queue depth).
     #[arg(long, default_value = "http://guest:guest@127.0.0.1:15672")]
     rabbit_api: String,
@@ -159,13 +167,21 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let dlq_before = dead_letters(&http, &args).await?;
 
-    let load = Arc::new(Load::new(
-        http.clone(),
-        &args.wallet_url,
-        &args.jwt_secret,
-        seed,
-        args.wallets,
-    ));
+    let load = Arc::new(
+        Load::new(
+            http.clone(),
+            &args.wallet_url,
+            shared::auth::TokenSource::new(
+                args.idp_url.clone(),
+                args.jwt_secret.clone(),
+                args.auth_issuer.clone(),
+                args.auth_audience.clone(),
+            )?,
+            seed,
+            args.wallets,
+        )
+        .await?,
+    );
     load.fund().await?;
     log(format!(
         "{} wallets funded; offering {rate}/s for {}s (longer if the faults run longer)",

@@ -151,9 +151,21 @@ pub struct Args {
     )]
     pub processor_metrics_url: String,
 
-    /// HS256 secret the wallet-service verifies tokens with.
+    /// The local identity provider that mints the tokens (the default stack's sign-in).
+    #[arg(long, env = "IDP_URL")]
+    pub idp_url: Option<String>,
+
+    /// HS256 secret, when the stack runs the development sign-in instead.
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: String,
+    pub jwt_secret: Option<String>,
+
+    /// `iss` of HS256 tokens, when the service checks one.
+    #[arg(long, env = "AUTH_ISSUER", hide = true)]
+    pub auth_issuer: Option<String>,
+
+    /// `aud` of HS256 tokens, when the service checks one.
+    #[arg(long, env = "AUTH_AUDIENCE", hide = true)]
+    pub auth_audience: Option<String>,
 }
 
 /// A parsed `--ramp`.
@@ -161,6 +173,16 @@ pub struct Args {
 pub struct Ramp(pub Vec<Step>);
 
 impl Args {
+    /// Where tokens come from: the identity provider, else the secret.
+    pub fn tokens(&self) -> Result<shared::auth::TokenSource, shared::auth::TokenRequestError> {
+        shared::auth::TokenSource::new(
+            self.idp_url.clone(),
+            self.jwt_secret.clone(),
+            self.auth_issuer.clone(),
+            self.auth_audience.clone(),
+        )
+    }
+
     /// Cross-option checks clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
         if self.decline_share + self.refuse_share > 1.0 {

@@ -105,12 +105,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mode = mode_text(&args, schedule.as_ref());
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let started_at = chrono::Utc::now();
-    let admin = shared::auth::mint(
-        &args.jwt_secret,
-        &format!("lt-{run_id}-admin"),
-        true,
-        86_400,
-    );
+    let tokens = args.tokens()?;
+    let admin = tokens
+        .token(&format!("lt-{run_id}-admin"), true, 86_400)
+        .await?;
     let machine = Machine::detect();
     if !args.quiet {
         eprintln!(
@@ -123,7 +121,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
     }
     let t = Instant::now();
-    let (wallets, setup_latency) = run::setup(&args, &api, &run_id, &admin)
+    let (wallets, setup_latency) = run::setup(&args, &api, &run_id, &admin, &tokens)
         .await
         .context("setting up wallets")?;
     if !args.quiet {

@@ -124,6 +124,7 @@ pub async fn setup(
     api: &Api,
     run_id: &str,
     admin: &str,
+    tokens: &shared::auth::TokenSource,
 ) -> anyhow::Result<(Vec<Wallet>, SetupLatency)> {
     let ttl = args.duration.as_secs()
         + args
@@ -132,13 +133,15 @@ pub async fn setup(
             .map_or(0, |r| r.0.iter().map(|s| s.duration.as_secs()).sum())
         + args.drain_timeout.as_secs()
         + 3600;
+    // The longest lifetime the services accept by default.
+    let ttl = ttl.min(shared::auth::DEFAULT_MAX_LIFETIME_SECS);
     let lat = Mutex::new(SetupLatency::new());
     let results: Vec<anyhow::Result<Wallet>> = stream::iter(0..args.wallets)
         .map(|i| {
             let lat = &lat;
             async move {
                 let owner = format!("lt-{run_id}-{i}");
-                let token = shared::auth::mint(&args.jwt_secret, &owner, false, ttl);
+                let token = tokens.token(&owner, false, ttl).await?;
                 let (key, body) = (
                     format!("lt-{run_id}-w{i}"),
                     json!({"currency": args.currency}),

@@ -8,8 +8,9 @@
 //! (`payment.finalized`, `wallet.deposited`, `payment.alert`). [`topology`] names and declares the broker objects;
 //! [`backoff`] is the retry schedule; [`telemetry`] sets up logs and Prometheus metrics;
 //! [`shutdown`] is the SIGTERM signal every worker listens to; [`auth`] the bearer tokens.
-//! Those last ones sit behind cargo features (`brokers`, `telemetry`, `runtime`, `auth`),
-//! so that a crate compiles only the clients it uses.
+//! Those last ones sit behind cargo features (`brokers`, `telemetry`, `runtime`, `auth`,
+//! and for tokens `jwks`, `signing`, `token-source`), so that a crate compiles only the
+//! clients it uses.
 
 #[cfg(feature = "auth")]
 pub mod auth;

@@ -5,10 +5,10 @@ use crate::finalizer::{self, Finalizer};
 use crate::http::{self, AppState, Health};
 use crate::outbox::dispatcher::{self, Dispatcher};
 use crate::outbox::relay::{self, EventRelay};
+use crate::signin::Verifier;
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
-use shared::auth::Verifier;
 use shared::shutdown::Shutdown;
 use shared::topology::KafkaTopics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -50,6 +50,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!("payments_accepted_total", "Payments accepted (funds held).");
     metrics::describe_counter!("payments_refused_total", "Payments refused, by reason.");
     metrics::describe_counter!("deposits_total", "Deposits credited.");
+    metrics::describe_counter!(
+        "auth_jwks_fetches_total",
+        "Fetches of the identity provider's JWKS, by result (ok, error)."
+    );
     metrics::describe_counter!(
         "idempotent_replays_total",
         "Payment requests answered from a stored idempotent response."
@@ -167,8 +171,9 @@ pub async fn start_with_pool(
     metrics: shared::telemetry::PrometheusHandle,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
-    // Before anything else: a weak AUTH_JWT_SECRET is an operator's error, said plainly.
-    let verifier = Verifier::new(cfg.auth.jwt_secret.expose(), &cfg.auth.policy())?;
+    // Before anything else: sign-in settings that cannot work are an operator's error, said
+    // plainly (a weak AUTH_JWT_SECRET, both modes, a JWKS without issuer and audience).
+    let verifier = Verifier::from_config(&cfg.auth)?;
     describe_metrics();
     // Migrations need the database; retry for a while so start order does not matter.
     let mut tries = 0;
@@ -186,6 +191,12 @@ pub async fn start_with_pool(
 
     let prefix = cfg.brokers.broker_prefix.clone();
     let mut tasks = JoinSet::new();
+    if let Some(jwks) = verifier.jwks() {
+        // One try before serving; if the provider is away, the API comes up answering 503
+        // (and not ready) until a retry in the background succeeds.
+        let _ = jwks.refresh_now("service start").await;
+        tasks.spawn(jwks.clone().keep_fresh(shutdown.clone()));
+    }
     let mut health = Health::default();
 
     // One Kafka producer serves the event relay, the result consumer's dead letters and the

@@ -30,35 +30,118 @@ impl std::str::FromStr for Secret {
 }
 
 /// Bearer token settings, shared by `serve` (verifying) and `token` (minting).
+///
+/// Two modes, never both: **JWKS** (`AUTH_JWKS_URL`, with `AUTH_ISSUER` and `AUTH_AUDIENCE`
+/// required), tokens signed RS256/ES256 by an identity provider; **HS256**
+/// (`AUTH_JWT_SECRET`), tokens signed with a shared secret, for development.
 #[derive(Debug, Clone, Args)]
 pub struct AuthConfig {
-    /// HMAC secret of the HS256 bearer tokens: at least 32 random bytes (`openssl rand -hex
-    /// 32`); the service refuses to start with a shorter one or a known placeholder.
+    /// The identity provider's JWKS (e.g. `https://TENANT.auth0.com/.well-known/jwks.json`):
+    /// tokens are RS256/ES256, verified with the key their `kid` names.
+    #[arg(long, env = "AUTH_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// HMAC secret of HS256 tokens (development mode): at least 32 random bytes (`openssl
+    /// rand -hex 32`); the service refuses to start with a shorter one or a known placeholder.
     #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Secret,
-    /// Required `iss` claim of every token (unset: not checked); `token` writes it.
+    pub jwt_secret: Option<Secret>,
+    /// Required `iss` claim of every token (required with AUTH_JWKS_URL; with a secret, unset
+    /// means not checked); `token` writes it.
     #[arg(long = "auth-issuer", visible_alias = "iss", env = "AUTH_ISSUER")]
     pub issuer: Option<String>,
-    /// Required `aud` claim of every token (unset: tokens naming an audience are refused);
-    /// `token` writes it.
+    /// Required `aud` claim of every token (required with AUTH_JWKS_URL; with a secret, unset
+    /// means tokens naming an audience are refused); `token` writes it.
     #[arg(long = "auth-audience", visible_alias = "aud", env = "AUTH_AUDIENCE")]
     pub audience: Option<String>,
+    /// The scope (in `scope`) or permission (in `permissions`) that grants admin rights.
+    #[arg(long, env = "AUTH_ADMIN_SCOPE", default_value = shared::auth::DEFAULT_ADMIN_SCOPE)]
+    pub admin_scope: String,
     /// Longest lifetime (`exp - iat`) of an accepted token, in seconds; tokens without `iat`
     /// are refused, and `token --ttl` may not exceed it.
     #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME_SECS", default_value_t = shared::auth::DEFAULT_MAX_LIFETIME_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_token_lifetime_secs: u64,
+    /// Refetch the JWKS this often, in seconds.
+    #[arg(long, env = "AUTH_JWKS_REFRESH_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwks_refresh_secs: u64,
+    /// A token naming an unknown `kid` refetches the JWKS at most once per this many seconds.
+    #[arg(long, env = "AUTH_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub jwks_min_refresh_secs: u64,
+}
+
+/// Which kind of signature the service checks.
+pub enum AuthMode<'a> {
+    Jwks(shared::auth::JwksSettings),
+    Secret(&'a Secret),
 }
 
 impl AuthConfig {
+    /// Settings for a test or a tool: the secret, nothing else set.
+    pub fn with_secret(secret: &str) -> Self {
+        Self {
+            jwks_url: None,
+            jwt_secret: Some(Secret(secret.to_owned())),
+            issuer: None,
+            audience: None,
+            admin_scope: shared::auth::DEFAULT_ADMIN_SCOPE.to_owned(),
+            max_token_lifetime_secs: shared::auth::DEFAULT_MAX_LIFETIME_SECS,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_secs: 30,
+        }
+    }
+
+    /// Settings for a JWKS at `url` with the issuer and audience its tokens carry.
+    pub fn with_jwks(url: &str, issuer: &str, audience: &str) -> Self {
+        Self {
+            jwks_url: Some(url.to_owned()),
+            jwt_secret: None,
+            issuer: Some(issuer.to_owned()),
+            audience: Some(audience.to_owned()),
+            ..Self::with_secret("")
+        }
+    }
+
     /// What tokens must satisfy; an empty issuer or audience counts as unset.
     pub fn policy(&self) -> shared::auth::TokenPolicy {
-        let set = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
         shared::auth::TokenPolicy {
             issuer: set(&self.issuer),
             audience: set(&self.audience),
             max_lifetime_secs: self.max_token_lifetime_secs,
+            admin_scope: self.admin_scope.clone(),
         }
     }
+
+    /// The mode these settings choose; exactly one of `AUTH_JWKS_URL` and `AUTH_JWT_SECRET`
+    /// must be set (empty counts as unset), and a JWKS needs an issuer and an audience.
+    pub fn mode(&self) -> anyhow::Result<AuthMode<'_>> {
+        let secret = self.jwt_secret.as_ref().filter(|s| !s.0.is_empty());
+        match (set(&self.jwks_url), secret) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "both AUTH_JWKS_URL and AUTH_JWT_SECRET are set: choose one sign-in mode \
+                 (JWKS for an identity provider, the secret for development), never both"
+            ),
+            (None, None) => anyhow::bail!(
+                "no sign-in configured: set AUTH_JWKS_URL (with AUTH_ISSUER and AUTH_AUDIENCE) \
+                 for an identity provider, or AUTH_JWT_SECRET for development"
+            ),
+            (None, Some(secret)) => Ok(AuthMode::Secret(secret)),
+            (Some(url), None) => {
+                anyhow::ensure!(
+                    set(&self.issuer).is_some() && set(&self.audience).is_some(),
+                    "AUTH_JWKS_URL needs AUTH_ISSUER and AUTH_AUDIENCE: the provider's issuer \
+                     URL and this API's identifier, checked on every token"
+                );
+                Ok(AuthMode::Jwks(shared::auth::JwksSettings {
+                    url,
+                    refresh_every: Duration::from_secs(self.jwks_refresh_secs),
+                    min_refresh_gap: Duration::from_secs(self.jwks_min_refresh_secs),
+                    fetch_timeout: Duration::from_secs(5),
+                }))
+            }
+        }
+    }
+}
+
+fn set(v: &Option<String>) -> Option<String> {
+    v.clone().filter(|v| !v.is_empty())
 }
 
 fn parse_duration_ms(s: &str) -> Result<Duration, String> {

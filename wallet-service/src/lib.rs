@@ -21,6 +21,7 @@ pub mod import;
 pub mod outbox;
 pub mod reconciler;
 pub mod review;
+pub mod signin;
 pub mod store;
 
 /// The migrations in `migrations/`, embedded so the binary can apply them itself.

@@ -58,7 +58,7 @@ enum Command {
         #[command(flatten)]
         db: DbConfig,
     },
-    /// Print a signed bearer token for local use.
+    /// Print an HS256 bearer token for local use (development mode, AUTH_JWT_SECRET).
     Token {
         /// The principal (wallet owner) the token speaks for.
         #[arg(long)]
@@ -86,7 +86,14 @@ async fn main() -> anyhow::Result<()> {
             ttl,
             auth,
         } => {
-            shared::auth::check_secret(auth.jwt_secret.expose())?;
+            let secret = match auth.mode()? {
+                wallet_service::config::AuthMode::Secret(secret) => secret,
+                wallet_service::config::AuthMode::Jwks(_) => anyhow::bail!(
+                    "`token` signs HS256 tokens with AUTH_JWT_SECRET; with AUTH_JWKS_URL set, \
+                     tokens come from the identity provider (scripts/token asks the local one)"
+                ),
+            };
+            shared::auth::check_secret(secret.expose())?;
             let policy = auth.policy();
             anyhow::ensure!(
                 ttl <= policy.max_lifetime_secs,
@@ -101,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
                 issuer: policy.issuer.as_deref(),
                 audience: policy.audience.as_deref(),
             };
-            println!("{}", token.sign(auth.jwt_secret.expose()));
+            println!("{}", token.sign(secret.expose()));
             Ok(())
         }
         Command::Import { file, db } => {

@@ -1,4 +1,4 @@
-//! Bearer tokens over HTTP with `AUTH_ISSUER`, `AUTH_AUDIENCE` and
+//! The HS256 development mode: bearer tokens over HTTP with `AUTH_ISSUER`, `AUTH_AUDIENCE` and
 //! `AUTH_MAX_TOKEN_LIFETIME_SECS` set: every refused token gets the very same 401 problem,
 //! whichever check failed, and a weak secret stops the service before it starts.
 
@@ -45,6 +45,7 @@ fn token(change: impl FnOnce(&mut Value)) -> String {
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn every_refused_token_gets_the_same_401(pool: PgPool) {
     let mut cfg = serve_config(&Opts::default());
+    cfg.auth = wallet_service::config::AuthConfig::with_secret(SECRET);
     cfg.auth.issuer = Some(ISSUER.into());
     cfg.auth.audience = Some(AUDIENCE.into());
     cfg.auth.max_token_lifetime_secs = 3600;
@@ -92,7 +93,7 @@ async fn every_refused_token_gets_the_same_401(pool: PgPool) {
                 &json!({"sub": "alice", "iat": t, "exp": t + 60, "iss": ISSUER, "aud": AUDIENCE}),
             ),
         ),
-        ("without iss and aud", common::token("alice")),
+        ("from the identity provider", common::token("alice")),
         ("garbage", "not.a.jwt".to_owned()),
     ];
     let mut first: Option<Value> = None;
@@ -102,6 +103,11 @@ async fn every_refused_token_gets_the_same_401(pool: PgPool) {
         assert_eq!(
             r.headers()["content-type"],
             "application/problem+json",
+            "{case}"
+        );
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            r#"Bearer error="invalid_token""#,
             "{case}"
         );
         let body: Value = r.json().await.unwrap();
@@ -125,7 +131,7 @@ async fn a_weak_secret_stops_the_service_before_it_starts() {
         ("sixteen-byte-key", "at least 32"),
     ] {
         let mut cfg = serve_config(&Opts::default());
-        cfg.auth.jwt_secret = secret.parse().unwrap();
+        cfg.auth = wallet_service::config::AuthConfig::with_secret(secret);
         // Never connected: the secret is checked before the database is touched.
         let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
         let (_trigger, shutdown) = shared::shutdown::channel();

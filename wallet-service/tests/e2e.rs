@@ -2,7 +2,8 @@
 //! with declines, gateway refusals, insufficient funds and client retries, then the money
 //! invariants for every wallet and the gateway's own count of charges.
 //!
-//! Needs `WALLET_URL`, `GATEWAY_URL`, `DATABASE_URL` and `AUTH_JWT_SECRET` from `.run/env`.
+//! Needs `WALLET_URL`, `GATEWAY_URL`, `DATABASE_URL` and the sign-in settings (`IDP_URL`, or
+//! `AUTH_JWT_SECRET`) from `.run/env`.
 
 mod common;
 
@@ -21,12 +22,16 @@ struct Sys {
     http: Client,
     wallet: String,
     gateway: String,
-    secret: String,
+    tokens: shared::auth::TokenSource,
 }
 
 impl Sys {
-    fn token(&self, sub: &str, admin: bool) -> String {
-        shared::auth::mint(&self.secret, sub, admin, 3600)
+    /// A token from whichever sign-in the stack runs (its identity provider by default).
+    async fn token(&self, sub: &str, admin: bool) -> String {
+        self.tokens
+            .token(sub, admin, 3600)
+            .await
+            .expect("a token from the stack's sign-in")
     }
 
     async fn post(
@@ -76,11 +81,11 @@ async fn many_payments_through_all_processes_conserve_money() {
             .unwrap(),
         wallet: env("WALLET_URL"),
         gateway: env("GATEWAY_URL"),
-        secret: env("AUTH_JWT_SECRET"),
+        tokens: shared::auth::TokenSource::from_env().expect("IDP_URL or AUTH_JWT_SECRET is set"),
     };
     let pool = PgPool::connect(&env("DATABASE_URL")).await.unwrap();
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let admin = sys.token("e2e-admin", true);
+    let admin = sys.token("e2e-admin", true).await;
     let stats_before = sys.get(format!("{}/v1/stats", sys.gateway), None).await.1;
 
     // Wallets, funded.
@@ -89,7 +94,7 @@ async fn many_payments_through_all_processes_conserve_money() {
     let mut wallets = Vec::new();
     for i in 0..WALLETS {
         let owner = format!("e2e-{run}-{i}");
-        let token = sys.token(&owner, false);
+        let token = sys.token(&owner, false).await;
         let (s, w, _) = sys
             .post(
                 "/v1/wallets",

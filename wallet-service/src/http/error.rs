@@ -40,6 +40,8 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("the request did not complete within {0} ms; retry later")]
     Timeout(u128),
+    #[error("sign-in is not available yet: the identity provider's keys have not been fetched; retry later")]
+    SignInUnavailable,
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -84,7 +86,7 @@ impl ApiError {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             IdempotencyKeyInUse => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Unavailable(_) | Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | Timeout(_) | SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,7 +109,7 @@ impl ApiError {
             RateLimited { .. } => "rate_limited",
             InsufficientFunds { .. } => "insufficient_funds",
             CurrencyMismatch { .. } => "currency_mismatch",
-            Unavailable(_) | Timeout(_) => "service_unavailable",
+            Unavailable(_) | Timeout(_) | SignInUnavailable => "service_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -130,7 +132,7 @@ impl ApiError {
             RateLimited { .. } => "Too many requests",
             InsufficientFunds { .. } => "Insufficient funds",
             CurrencyMismatch { .. } => "Currency mismatch",
-            Unavailable(_) | Timeout(_) => "Service unavailable",
+            Unavailable(_) | Timeout(_) | SignInUnavailable => "Service unavailable",
             Internal(_) => "Internal server error",
         }
     }
@@ -169,9 +171,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut response = json_response(self.status(), &self.problem());
+        let status = self.status();
+        let mut response = json_response(status, &self.problem());
         let retry_after = match self {
-            ApiError::Unavailable(_) | ApiError::Timeout(_) => Some(1),
+            ApiError::Unavailable(_) | ApiError::Timeout(_) | ApiError::SignInUnavailable => {
+                Some(1)
+            }
             ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs),
             _ => None,
         };
@@ -179,6 +184,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: the one challenge for every refusal, missing token included.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+            );
         }
         response
     }

@@ -27,13 +27,18 @@ impl FromRequestParts<AppState> for Auth {
             .and_then(|v| v.to_str().ok());
         // Which check failed is not the client's business (it would tell a forger what to
         // fix): every invalid token gets the same answer, and the reason goes to the log.
-        let principal = state.verifier.verify_header(header).map_err(|e| match e {
-            AuthError::Missing => ApiError::Unauthorized("a bearer token is required".into()),
-            AuthError::Invalid(why) => {
-                tracing::debug!(reason = ?why, "bearer token refused");
-                ApiError::Unauthorized("the bearer token is not valid".into())
-            }
-        })?;
+        let principal = state
+            .verifier
+            .verify_header(header)
+            .await
+            .map_err(|e| match e {
+                AuthError::Missing => ApiError::Unauthorized("a bearer token is required".into()),
+                AuthError::Invalid(why) => {
+                    tracing::debug!(reason = ?why, "bearer token refused");
+                    ApiError::Unauthorized("the bearer token is not valid".into())
+                }
+                AuthError::KeysUnavailable => ApiError::SignInUnavailable,
+            })?;
         tracing::Span::current().record("principal", principal.sub.as_str());
         if let Some(limiter) = &state.limiter {
             limiter

@@ -8,11 +8,11 @@ mod payments;
 pub mod rate_limit;
 mod wallets;
 
+use crate::signin::Verifier;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
-use shared::auth::Verifier;
 use shared::telemetry::ReadinessCache;
 use sqlx::PgPool;
 use std::sync::atomic::AtomicBool;

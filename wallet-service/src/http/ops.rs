@@ -28,6 +28,19 @@ async fn probe(state: &AppState) -> Vec<ReadinessCheck> {
         Ok(Err(e)) => ReadinessCheck::down("postgres", e.to_string()),
         Err(_) => ReadinessCheck::down("postgres", "no answer within 1s"),
     });
+    if let Some(jwks) = state.verifier.jwks() {
+        checks.push(if jwks.is_ready() {
+            ReadinessCheck::ok("signin")
+        } else {
+            ReadinessCheck::down(
+                "signin",
+                format!(
+                    "the identity provider's keys have not been fetched yet from {}",
+                    jwks.url()
+                ),
+            )
+        });
+    }
     if let Some(amqp) = &state.health.amqp {
         checks.push(if amqp.load(Ordering::Relaxed) {
             ReadinessCheck::ok("rabbitmq")

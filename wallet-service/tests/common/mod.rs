@@ -4,12 +4,17 @@
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use std::future::IntoFuture;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wallet_service::config::{BrokerConfig, DbConfig, DispatcherConfig, ServeConfig};
 
 pub mod pipeline;
 
+/// The secret of the tests that run the HS256 development mode.
 pub const SECRET: &str = "integration-test-secret-0123456789";
+/// The audience the test identity provider writes and the services require.
+pub const AUDIENCE: &str = "wallet-api";
 /// Payments of 500.00 EUR and more raise a `payment.alert` in tests.
 pub const ALERT_THRESHOLDS: &str = "EUR=50000";
 
@@ -99,12 +104,7 @@ pub fn serve_config(opts: &Opts) -> ServeConfig {
     ServeConfig {
         bind: "127.0.0.1:0".into(),
         metrics_bind: "127.0.0.1:0".into(),
-        auth: wallet_service::config::AuthConfig {
-            jwt_secret: SECRET.parse().unwrap(),
-            issuer: None,
-            audience: None,
-            max_token_lifetime_secs: shared::auth::DEFAULT_MAX_LIFETIME_SECS,
-        },
+        auth: idp().auth_config(),
         request_timeout: opts.request_timeout,
         consumer_group: format!("{}wallet-service", opts.prefix),
         results_batch_size: 64,
@@ -147,8 +147,13 @@ pub fn show_logs_when_asked() {
 }
 
 pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
+    spawn_with(pool, serve_config(&opts)).await
+}
+
+/// The service with settings of the test's own making.
+pub async fn spawn_with(pool: PgPool, cfg: ServeConfig) -> TestApp {
     show_logs_when_asked();
-    let cfg = serve_config(&opts);
+    let prefix = cfg.brokers.broker_prefix.clone();
     let (trigger, shutdown) = shared::shutdown::channel();
     let metrics = shared::telemetry::install_metrics();
     // The service's own pool on the test database, with the session settings it runs with
@@ -165,18 +170,99 @@ pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
         ),
         http: Client::new(),
         pool,
-        prefix: opts.prefix,
+        prefix,
         trigger,
         running: Some(running),
     }
 }
 
+/// An identity provider of the project's own, serving its JWKS over HTTP on loopback.
+pub struct TestIdp {
+    pub provider: Arc<local_idp::Provider>,
+    /// Base URL; the JWKS is at `{url}/.well-known/jwks.json`.
+    pub url: String,
+}
+
+impl TestIdp {
+    pub fn jwks_url(&self) -> String {
+        format!("{}/.well-known/jwks.json", self.url)
+    }
+
+    /// Sign-in settings that trust this provider.
+    pub fn auth_config(&self) -> wallet_service::config::AuthConfig {
+        wallet_service::config::AuthConfig::with_jwks(
+            &self.jwks_url(),
+            &self.provider.settings().issuer,
+            AUDIENCE,
+        )
+    }
+
+    pub fn token(&self, sub: &str, admin: bool) -> String {
+        self.provider
+            .mint(&local_idp::TokenRequest {
+                sub: sub.into(),
+                admin,
+                ttl_secs: Some(600),
+            })
+            .expect("a valid token request")
+    }
+}
+
+fn idp_settings(addr: std::net::SocketAddr) -> local_idp::Settings {
+    local_idp::Settings {
+        issuer: format!("http://{addr}/"),
+        audience: AUDIENCE.into(),
+        max_ttl_secs: 86_400,
+        keys_file: None,
+    }
+}
+
+/// The provider every test's service trusts by default: one per test binary, serving from
+/// a thread of its own (each test runs on a runtime that ends with it).
+pub fn idp() -> &'static TestIdp {
+    static IDP: OnceLock<TestIdp> = OnceLock::new();
+    IDP.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let provider = local_idp::Provider::new(idp_settings(addr)).unwrap();
+        let served = provider.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, local_idp::router(served))
+                    .await
+                    .unwrap();
+            });
+        });
+        TestIdp {
+            provider,
+            url: format!("http://{addr}"),
+        }
+    })
+}
+
+/// A provider of the calling test's own, on `listener` (tests that stop, break or rotate it).
+pub fn spawn_idp(listener: tokio::net::TcpListener) -> TestIdp {
+    let addr = listener.local_addr().unwrap();
+    let provider = local_idp::Provider::new(idp_settings(addr)).unwrap();
+    tokio::spawn(axum::serve(listener, local_idp::router(provider.clone())).into_future());
+    TestIdp {
+        provider,
+        url: format!("http://{addr}"),
+    }
+}
+
 pub fn token(sub: &str) -> String {
-    shared::auth::mint(SECRET, sub, false, 600)
+    idp().token(sub, false)
 }
 
 pub fn admin_token() -> String {
-    shared::auth::mint(SECRET, "ops", true, 600)
+    idp().token("ops", true)
 }
 
 impl TestApp {

@@ -1,104 +1,13 @@
-//! Bearer tokens: HS256 JWTs with `sub` (the principal), `exp` and `iat`, optional `scope`,
-//! `nbf`, `iss` and `aud`.
-//!
-//! A token is refused when its signature or algorithm is wrong, when it is expired or not yet
-//! valid (`nbf`), when `iss` or `aud` do not match the configured ones ([`TokenPolicy`]), when
-//! `iat` is missing or in the future, or when it lives longer (`exp - iat`) than the policy
-//! allows. Every refusal looks the same to the client (401 `unauthorized`); the reason
-//! ([`Refusal`]) is for logs and tests only.
+//! HS256 tokens signed with a secret shared with whoever mints them: the development mode
+//! (`AUTH_JWT_SECRET`). Production verifies against an identity provider's keys instead
+//! ([`super::jwks`]).
 
-use jsonwebtoken::errors::ErrorKind;
+use super::{now_secs, AuthError, MintedClaims, Principal, TokenPolicy, DEFAULT_ADMIN_SCOPE};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
 
-/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
-pub const LEEWAY_SECS: u64 = 5;
 /// The shortest `AUTH_JWT_SECRET` accepted, in bytes (HS256 wants a key of at least its
 /// 256-bit output).
 pub const MIN_SECRET_BYTES: usize = 32;
-/// The default of `AUTH_MAX_TOKEN_LIFETIME_SECS`.
-pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 86_400;
-
-/// Who is calling. Wallets whose `owner_id` equals `sub` are theirs; `admin` reads all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub sub: String,
-    pub admin: bool,
-}
-
-impl Principal {
-    /// May this principal read a resource owned by `owner_id`?
-    pub fn can_read(&self, owner_id: &str) -> bool {
-        self.admin || self.sub == owner_id
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    sub: String,
-    exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    scope: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
-    // `iss` and `aud` are checked by `jsonwebtoken` from the raw claims (`aud` may be an
-    // array); here they are only written.
-    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
-    iss: Option<String>,
-    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
-}
-
-/// What a token must satisfy besides its signature and expiry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenPolicy {
-    /// Required `iss`, when set.
-    pub issuer: Option<String>,
-    /// Required `aud` (one of the token's audiences), when set.
-    pub audience: Option<String>,
-    /// The longest `exp - iat` accepted, in seconds.
-    pub max_lifetime_secs: u64,
-}
-
-impl Default for TokenPolicy {
-    fn default() -> Self {
-        Self {
-            issuer: None,
-            audience: None,
-            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
-        }
-    }
-}
-
-/// Why a token was refused. Never shown to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// Not `Bearer <token>`, not a JWT, or claims of the wrong type.
-    Malformed,
-    /// Wrong signature, or an algorithm other than HS256.
-    BadSignature,
-    Expired,
-    /// `nbf` is in the future.
-    NotYetValid,
-    WrongIssuer,
-    WrongAudience,
-    /// A required claim is absent (`sub`, `exp`, `iat`, and `iss`/`aud` when configured).
-    MissingClaim(String),
-    /// `iat` is in the future.
-    IssuedInFuture,
-    /// `exp - iat` exceeds the policy's maximum (or `exp` precedes `iat`).
-    LifetimeTooLong,
-    /// `sub` is empty or longer than 255 bytes.
-    BadSubject,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing bearer token")]
-    Missing,
-    #[error("invalid token: {0:?}")]
-    Invalid(Refusal),
-}
 
 /// `AUTH_JWT_SECRET` is not fit to sign tokens. The message is for the operator and never
 /// contains the secret.
@@ -147,98 +56,32 @@ pub fn check_secret(secret: &str) -> Result<(), WeakSecret> {
     Ok(())
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
 /// Verifies tokens with one secret; only HS256 is accepted (no `none`, no key confusion).
 #[derive(Clone)]
-pub struct Verifier {
+pub struct SecretVerifier {
     key: DecodingKey,
     validation: Validation,
-    max_lifetime_secs: u64,
+    policy: TokenPolicy,
 }
 
-impl Verifier {
+impl SecretVerifier {
     /// Refuses a weak secret (see [`check_secret`]): the service does not start with one.
     pub fn new(secret: &str, policy: &TokenPolicy) -> Result<Self, WeakSecret> {
         check_secret(secret)?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        let mut required = vec!["exp", "sub"];
-        if let Some(iss) = &policy.issuer {
-            validation.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        if let Some(aud) = &policy.audience {
-            validation.set_audience(&[aud]);
-            required.push("aud");
-        }
-        // Without a configured audience, a token naming one is refused (RFC 7519 4.1.3).
-        validation.set_required_spec_claims(&required);
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECS;
         Ok(Self {
             key: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
-            max_lifetime_secs: policy.max_lifetime_secs,
+            validation: policy.validation(Algorithm::HS256),
+            policy: policy.clone(),
         })
     }
 
     /// Parses an `Authorization` header value.
     pub fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
-        let header = header.ok_or(AuthError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(AuthError::Invalid(Refusal::Malformed))?;
-        self.verify(token.trim())
+        self.verify(super::bearer(header)?)
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let refuse = |r| Err(AuthError::Invalid(r));
-        let claims = match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
-            Ok(data) => data.claims,
-            Err(e) => return refuse(refusal_of(e.kind())),
-        };
-        let Some(iat) = claims.iat else {
-            return refuse(Refusal::MissingClaim("iat".into()));
-        };
-        if iat > now_secs() + LEEWAY_SECS {
-            return refuse(Refusal::IssuedInFuture);
-        }
-        if claims
-            .exp
-            .checked_sub(iat)
-            .is_none_or(|lifetime| lifetime > self.max_lifetime_secs)
-        {
-            return refuse(Refusal::LifetimeTooLong);
-        }
-        if claims.sub.is_empty() || claims.sub.len() > 255 {
-            return refuse(Refusal::BadSubject);
-        }
-        let admin = claims
-            .scope
-            .as_deref()
-            .is_some_and(|s| s.split_whitespace().any(|s| s == "admin"));
-        Ok(Principal {
-            sub: claims.sub,
-            admin,
-        })
-    }
-}
-
-fn refusal_of(kind: &ErrorKind) -> Refusal {
-    match kind {
-        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => Refusal::BadSignature,
-        ErrorKind::ExpiredSignature => Refusal::Expired,
-        ErrorKind::ImmatureSignature => Refusal::NotYetValid,
-        ErrorKind::InvalidIssuer => Refusal::WrongIssuer,
-        ErrorKind::InvalidAudience => Refusal::WrongAudience,
-        ErrorKind::MissingRequiredClaim(c) => Refusal::MissingClaim(c.clone()),
-        _ => Refusal::Malformed,
+        Ok(self.policy.decode(token, &self.key, &self.validation)?)
     }
 }
 
@@ -254,19 +97,23 @@ pub struct Mint<'a> {
 }
 
 impl Mint<'_> {
-    pub fn sign(&self, secret: &str) -> String {
+    /// The claims of this token, issued now.
+    pub fn claims(&self) -> MintedClaims<'_> {
         let now = now_secs();
-        let claims = Claims {
-            sub: self.sub.to_owned(),
+        MintedClaims {
+            sub: self.sub,
+            iat: now,
             exp: now + self.ttl_secs,
-            scope: self.admin.then(|| "admin".to_owned()),
-            iat: Some(now),
-            iss: self.issuer.map(str::to_owned),
-            aud: self.audience.map(str::to_owned),
-        };
+            scope: self.admin.then_some(DEFAULT_ADMIN_SCOPE),
+            iss: self.issuer,
+            aud: self.audience,
+        }
+    }
+
+    pub fn sign(&self, secret: &str) -> String {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
+            &self.claims(),
             &EncodingKey::from_secret(secret.as_bytes()),
         )
         .expect("HS256 encoding cannot fail")
@@ -287,12 +134,13 @@ pub fn mint(secret: &str, sub: &str, admin: bool, ttl_secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{Refusal, LEEWAY_SECS};
     use serde_json::{json, Value};
 
     const SECRET: &str = "a-test-secret-of-sufficient-length";
 
-    fn verifier() -> Verifier {
-        Verifier::new(SECRET, &TokenPolicy::default()).unwrap()
+    fn verifier() -> SecretVerifier {
+        SecretVerifier::new(SECRET, &TokenPolicy::default()).unwrap()
     }
 
     /// Signs arbitrary claims with `SECRET`.
@@ -305,7 +153,7 @@ mod tests {
         .unwrap()
     }
 
-    fn refusal(v: &Verifier, token: &str) -> Refusal {
+    fn refusal(v: &SecretVerifier, token: &str) -> Refusal {
         match v.verify(token) {
             Err(AuthError::Invalid(r)) => r,
             other => panic!("expected a refusal, got {other:?}"),
@@ -378,7 +226,7 @@ mod tests {
             audience: Some("wallet-api".into()),
             ..TokenPolicy::default()
         };
-        let v = Verifier::new(SECRET, &policy).unwrap();
+        let v = SecretVerifier::new(SECRET, &policy).unwrap();
         let now = now_secs();
         let token = |iss: Option<&str>, aud: Option<Value>| {
             let mut c = json!({"sub": "alice", "iat": now, "exp": now + 600});
@@ -432,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_token_living_too_long_is_refused() {
-        let v = Verifier::new(
+        let v = SecretVerifier::new(
             SECRET,
             &TokenPolicy {
                 max_lifetime_secs: 3600,
@@ -473,8 +321,9 @@ mod tests {
             issuer: Some("issuer".into()),
             audience: Some("wallet".into()),
             max_lifetime_secs: 600,
+            ..TokenPolicy::default()
         };
-        let v = Verifier::new(SECRET, &policy).unwrap();
+        let v = SecretVerifier::new(SECRET, &policy).unwrap();
         let now = now_secs();
         let token = sign(&json!({
             "sub": "ops", "scope": "read admin", "iat": now, "nbf": now, "exp": now + 600,
@@ -487,6 +336,37 @@ mod tests {
                 admin: true
             }
         );
+    }
+
+    #[test]
+    fn admin_rights_come_from_the_configured_scope_or_permission() {
+        let policy = TokenPolicy {
+            admin_scope: "wallet:admin".into(),
+            ..TokenPolicy::default()
+        };
+        let v = SecretVerifier::new(SECRET, &policy).unwrap();
+        let now = now_secs();
+        let admin = |extra: Value| {
+            let mut c = json!({"sub": "ops", "iat": now, "exp": now + 60});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v.verify(&sign(&c)).unwrap().admin
+        };
+        assert!(admin(json!({"scope": "openid wallet:admin"})));
+        assert!(admin(
+            json!({"permissions": ["read:wallets", "wallet:admin"]})
+        ));
+        // The default scope name means nothing once another is configured; a prefix is not a match.
+        assert!(!admin(json!({"scope": "admin"})));
+        assert!(!admin(json!({"scope": "wallet:admin:read"})));
+        assert!(!admin(json!({"permissions": []})));
+        assert!(!admin(json!({})));
+        // A `permissions` claim of the wrong type is a malformed token, not a silent non-admin.
+        let bad = sign(
+            &json!({"sub": "ops", "iat": now, "exp": now + 60, "permissions": "wallet:admin"}),
+        );
+        assert_eq!(refusal(&v, &bad), Refusal::Malformed);
     }
 
     #[test]
@@ -504,7 +384,7 @@ mod tests {
             Err(WeakSecret::TooShort(31))
         );
         assert_eq!(check_secret(&"ab".repeat(32)), Err(WeakSecret::Placeholder));
-        assert!(Verifier::new("short", &TokenPolicy::default()).is_err());
+        assert!(SecretVerifier::new("short", &TokenPolicy::default()).is_err());
         // The message names the setting and the fix, never the secret.
         let msg = check_secret("tooshort-secret").unwrap_err().to_string();
         assert!(msg.contains("AUTH_JWT_SECRET") && msg.contains("at least 32"));
@@ -518,20 +398,5 @@ mod tests {
     fn b64(s: &str) -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-    }
-
-    #[test]
-    fn ownership() {
-        let alice = Principal {
-            sub: "alice".into(),
-            admin: false,
-        };
-        assert!(alice.can_read("alice"));
-        assert!(!alice.can_read("bob"));
-        assert!(Principal {
-            sub: "ops".into(),
-            admin: true
-        }
-        .can_read("bob"));
     }
 }

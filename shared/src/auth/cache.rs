@@ -1,0 +1,203 @@
+//! The identity provider's keys, fetched from `AUTH_JWKS_URL` and cached: verifying a token
+//! never waits for the network, except once per [`JwksSettings::min_refresh_gap`] when a
+//! token names a `kid` the cache lacks (the provider rotated its keys). A flood of tokens
+//! with made-up `kid`s therefore costs the provider one request per gap, not one each.
+//!
+//! Until the first fetch succeeds nothing can be verified: [`JwksVerifier::verify`] answers
+//! [`AuthError::KeysUnavailable`] (a 503, not a 401: the client did nothing wrong) and
+//! [`JwksVerifier::is_ready`] is false. [`JwksVerifier::keep_fresh`] fetches at start, retries
+//! until it succeeds, and then refetches every [`JwksSettings::refresh_every`]. A failed
+//! refetch keeps the keys it had.
+
+use super::jwks::{kid_of, JwksError, KeySet};
+use super::{AuthError, Principal, Refusal, TokenPolicy};
+use crate::backoff::Backoff;
+use crate::shutdown::Shutdown;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// A JWKS document larger than this is refused unread.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Where the keys come from and how often they are fetched.
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    /// The provider's JWKS, e.g. `https://tenant.auth0.com/.well-known/jwks.json`.
+    pub url: String,
+    /// Refetch this often even when nothing asks for it (providers publish a new key before
+    /// they sign with it).
+    pub refresh_every: Duration,
+    /// At most one fetch per this interval on behalf of unknown `kid`s.
+    pub min_refresh_gap: Duration,
+    /// A fetch that takes longer has failed.
+    pub fetch_timeout: Duration,
+}
+
+/// Verifies RS256/ES256 tokens with the provider's cached keys.
+pub struct JwksVerifier {
+    settings: JwksSettings,
+    policy: TokenPolicy,
+    http: reqwest::Client,
+    keys: RwLock<Option<Arc<KeySet>>>,
+    /// When the last fetch started; held while fetching, so concurrent callers wait for the
+    /// one fetch instead of starting their own.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Why a fetch gave no keys (logged; the old keys stay).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot fetch the JWKS: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the JWKS answered HTTP {0}")]
+    Status(u16),
+    #[error("the JWKS is larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error(transparent)]
+    Document(#[from] JwksError),
+}
+
+impl JwksVerifier {
+    pub fn new(settings: JwksSettings, policy: TokenPolicy) -> Result<Arc<Self>, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()?;
+        Ok(Arc::new(Self {
+            settings,
+            policy,
+            http,
+            keys: RwLock::new(None),
+            last_fetch: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// Have the keys been fetched at least once?
+    pub fn is_ready(&self) -> bool {
+        self.current().is_some()
+    }
+
+    pub fn url(&self) -> &str {
+        &self.settings.url
+    }
+
+    fn current(&self) -> Option<Arc<KeySet>> {
+        self.keys.read().expect("key cache lock").clone()
+    }
+
+    /// Parses an `Authorization` header value.
+    pub async fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        self.verify(super::bearer(header)?).await
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let keys = self.current().ok_or(AuthError::KeysUnavailable)?;
+        let kid = kid_of(token)?;
+        if keys.contains(&kid) {
+            return keys.verify(token, &self.policy);
+        }
+        // Perhaps the provider rotated: look again, at most once per gap.
+        self.refresh_unless_recent().await;
+        match self.current() {
+            Some(keys) if keys.contains(&kid) => keys.verify(token, &self.policy),
+            _ => Err(Refusal::UnknownKey.into()),
+        }
+    }
+
+    /// Fetches now, unless a fetch started less than `min_refresh_gap` ago.
+    async fn refresh_unless_recent(&self) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.settings.min_refresh_gap) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let _ = self.fetch_and_swap("a token names an unknown key").await;
+    }
+
+    /// Fetches now, whenever the last fetch was.
+    async fn refresh(&self, why: &str) -> Result<usize, FetchError> {
+        let mut last = self.last_fetch.lock().await;
+        *last = Some(Instant::now());
+        self.fetch_and_swap(why).await
+    }
+
+    async fn fetch_and_swap(&self, why: &str) -> Result<usize, FetchError> {
+        match self.fetch().await {
+            Ok(set) => {
+                let count = set.len();
+                let changed = self.current().is_none_or(|old| !same_kids(&old, &set));
+                *self.keys.write().expect("key cache lock") = Some(Arc::new(set));
+                metrics::counter!("auth_jwks_fetches_total", "result" => "ok").increment(1);
+                if changed {
+                    tracing::info!(url = %self.settings.url, keys = count, reason = why, "loaded the identity provider's signing keys");
+                }
+                Ok(count)
+            }
+            Err(e) => {
+                metrics::counter!("auth_jwks_fetches_total", "result" => "error").increment(1);
+                let kept = if self.is_ready() {
+                    "keeping the keys fetched before"
+                } else {
+                    "no token can be verified until it succeeds"
+                };
+                tracing::warn!(url = %self.settings.url, error = %e, reason = why, "could not fetch the identity provider's signing keys; {kept}");
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<KeySet, FetchError> {
+        let mut response = self.http.get(&self.settings.url).send().await?;
+        if !response.status().is_success() {
+            return Err(FetchError::Status(response.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(FetchError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(KeySet::parse(&body, &self.policy)?)
+    }
+
+    /// Fetches the keys now, whenever the last fetch was (at start, before serving: a
+    /// service whose provider answers comes up ready).
+    pub async fn refresh_now(&self, why: &str) -> Result<usize, FetchError> {
+        self.refresh(why).await
+    }
+
+    /// Refetches every `refresh_every`; until the first fetch succeeds (and after a failed
+    /// one), retries with backoff up to 5 s (once keys are loaded, up to the refresh gap).
+    /// Returns at shutdown.
+    pub async fn keep_fresh(self: Arc<Self>, mut shutdown: Shutdown) {
+        let retry = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut failures = u32::from(!self.is_ready());
+        loop {
+            let wait = if failures == 0 {
+                self.settings.refresh_every
+            } else {
+                // Before the first success every request waits on this; after it, the old
+                // keys serve and a refetch can wait longer.
+                let ceiling = if self.is_ready() {
+                    self.settings.min_refresh_gap.max(Duration::from_secs(5))
+                } else {
+                    Duration::from_secs(5)
+                };
+                retry.delay(failures - 1).min(ceiling)
+            };
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match self.refresh("scheduled refresh").await {
+                Ok(_) => failures = 0,
+                Err(_) => failures = failures.saturating_add(1),
+            }
+        }
+    }
+}
+
+fn same_kids(a: &KeySet, b: &KeySet) -> bool {
+    a.len() == b.len() && a.kids().all(|k| b.contains(k))
+}
