@@ -77,7 +77,13 @@ async fn main() -> anyhow::Result<()> {
                 max_ttl_secs: max_ttl,
                 keys_file,
             })?;
-            tracing::info!(%addr, %issuer, %audience, kid = %provider.current_kid(), "serving the JWKS at /.well-known/jwks.json and tokens at POST /token");
+            tracing::info!(
+                %addr,
+                %issuer,
+                %audience,
+                kid = %provider.current_kid(),
+                "serving the JWKS at /.well-known/jwks.json and tokens at POST /token",
+            );
             let mut shutdown = shared::shutdown::on_signal();
             axum::serve(listener, router(provider))
                 .with_graceful_shutdown(async move { shutdown.wait().await })

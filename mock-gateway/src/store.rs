@@ -73,7 +73,11 @@ impl Store {
         // charge was never acknowledged: drop it, or the next append would be glued onto it.
         let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         if complete < bytes.len() {
-            tracing::warn!(path = %path.display(), bytes = bytes.len() - complete, "dropping torn last line");
+            tracing::warn!(
+                path = %path.display(),
+                bytes = bytes.len() - complete,
+                "dropping torn last line",
+            );
             file.set_len(complete as u64)?;
         }
 

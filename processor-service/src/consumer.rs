@@ -137,7 +137,11 @@ impl Processor {
             )
             .await?;
         self.connected.store(true, Ordering::Relaxed);
-        tracing::info!(queue = %self.topology.queue, prefetch = self.concurrency, "consuming payment requests");
+        tracing::info!(
+            queue = %self.topology.queue,
+            prefetch = self.concurrency,
+            "consuming payment requests",
+        );
 
         let mut in_flight = JoinSet::new();
         let outcome = loop {
@@ -208,21 +212,35 @@ impl Processor {
         async {
             let payment_id = request.payment.id;
             let decision = self.gateway.charge(&request.payment).await;
-            metrics::counter!("gateway_decisions_total", "decision" => decision.label()).increment(1);
+            metrics::counter!("gateway_decisions_total", "decision" => decision.label())
+                .increment(1);
             match result_for(&request, decision) {
                 Ok(result) => {
                     self.publish(&result, &traceparent).await;
                     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                         // The result is in Kafka; a redelivery replays the charge and the
                         // wallet ignores the second result.
-                        tracing::warn!(%payment_id, error = %e, "ack failed after publishing; the request will be redelivered");
+                        tracing::warn!(
+                            %payment_id,
+                            error = %e,
+                            "ack failed after publishing; the request will be redelivered",
+                        );
                     }
-                    tracing::info!(%payment_id, outcome = result.outcome.as_str(), traceparent, "payment result published");
+                    tracing::info!(
+                        %payment_id,
+                        outcome = result.outcome.as_str(),
+                        traceparent,
+                        "payment result published",
+                    );
                 }
                 Err(why) => {
                     // Keep the hold; try again later. Backing off here keeps a redelivery loop
                     // from hammering a struggling gateway.
-                    tracing::warn!(%payment_id, reason = %why, "charge outcome unknown; payment stays pending and the request is requeued");
+                    tracing::warn!(
+                        %payment_id,
+                        reason = %why,
+                        "charge outcome unknown; payment stays pending and the request is requeued",
+                    );
                     metrics::counter!("requests_requeued_total").increment(1);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let _ = delivery
@@ -266,7 +284,12 @@ impl Processor {
                 }
                 Err((e, _)) => {
                     metrics::counter!("results_publish_failures_total").increment(1);
-                    tracing::warn!(payment_id = %result.payment_id, error = %e, attempt, "Kafka did not confirm the result; retrying");
+                    tracing::warn!(
+                        payment_id = %result.payment_id,
+                        error = %e,
+                        attempt,
+                        "Kafka did not confirm the result; retrying",
+                    );
                     tokio::time::sleep(backoff.delay(attempt)).await;
                     attempt = (attempt + 1).min(10);
                 }

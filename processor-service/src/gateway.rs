@@ -119,7 +119,12 @@ impl GatewayClient {
                 Ok(d) => return d,
                 Err(e) => last_error = e,
             }
-            tracing::warn!(payment_id = %payment.id, attempt = attempt + 1, error = %last_error, "gateway call failed; retrying with the same idempotency key");
+            tracing::warn!(
+                payment_id = %payment.id,
+                attempt = attempt + 1,
+                error = %last_error,
+                "gateway call failed; retrying with the same idempotency key",
+            );
         }
         // Out of attempts: close the key at the gateway; its answer is final.
         match self.void(payment).await {

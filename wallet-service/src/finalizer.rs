@@ -139,10 +139,16 @@ impl Finalizer {
                 Err(e) => {
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() > STUCK_AFTER {
-                        tracing::warn!(error = %e, "the Kafka consumer has failed for {STUCK_AFTER:?}; recreating it");
+                        tracing::warn!(
+                            error = %e,
+                            "the Kafka consumer has failed for {STUCK_AFTER:?}; recreating it",
+                        );
                         return Stopped::Unhealthy;
                     }
-                    tracing::warn!(error = %e, "reading payment results from Kafka failed; retrying");
+                    tracing::warn!(
+                        error = %e,
+                        "reading payment results from Kafka failed; retrying",
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                         _ = shutdown.wait() => break,
@@ -166,11 +172,20 @@ impl Finalizer {
                 match self.apply_batch(&batch, mode).await {
                     Ok(()) => break,
                     Err(e) if mode == Mode::Together && refused(&e) => {
-                        tracing::warn!(error = %e, messages = batch.len(), "the database refused a payment result; applying the batch one result at a time to set the refused one aside");
+                        tracing::warn!(
+                            error = %e,
+                            messages = batch.len(),
+                            "the database refused a payment result; applying the batch one result at a time to set the refused one aside",
+                        );
                         mode = Mode::OneByOne;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, messages = batch.len(), attempt, "applying payment results failed; will retry the batch");
+                        tracing::warn!(
+                            error = %e,
+                            messages = batch.len(),
+                            attempt,
+                            "applying payment results failed; will retry the batch",
+                        );
                         let delay = db_backoff.delay(attempt);
                         attempt += 1;
                         tokio::select! {
@@ -221,7 +236,11 @@ impl Finalizer {
         .await;
         match check {
             Ok(Ok(Some((held, partitions)))) => {
-                tracing::warn!(held, partitions, "this consumer is alone in its group but holds only some of the results partitions (the broker kept a dead member's share); rejoining the group");
+                tracing::warn!(
+                    held,
+                    partitions,
+                    "this consumer is alone in its group but holds only some of the results partitions (the broker kept a dead member's share); rejoining the group",
+                );
                 true
             }
             Ok(Ok(None)) => false,
@@ -279,7 +298,11 @@ impl Finalizer {
                 } => finalized.push((r, status, pending_for)),
                 Applied::DuplicateEvent => {
                     metrics::counter!("results_duplicates_total", "kind" => "event").increment(1);
-                    tracing::info!(payment_id = %r.payment_id, event_id = %r.event_id, "duplicate result ignored: event already applied");
+                    tracing::info!(
+                        payment_id = %r.payment_id,
+                        event_id = %r.event_id,
+                        "duplicate result ignored: event already applied",
+                    );
                 }
                 Applied::AlreadyFinal {
                     status,
@@ -287,7 +310,12 @@ impl Finalizer {
                 } if status == PaymentStatus::from(r.outcome) => {
                     metrics::counter!("results_duplicates_total", "kind" => "payment_final")
                         .increment(1);
-                    tracing::info!(payment_id = %r.payment_id, %status, gateway_reference, "result ignored: payment already final with this outcome");
+                    tracing::info!(
+                        payment_id = %r.payment_id,
+                        %status,
+                        gateway_reference,
+                        "result ignored: payment already final with this outcome",
+                    );
                 }
                 Applied::AlreadyFinal {
                     status,

@@ -148,7 +148,12 @@ pub async fn run(pool: PgPool, retention: Retention, mut shutdown: Shutdown) {
                 Ok(counts) => {
                     if counts.iter().any(|(_, n)| *n > 0) {
                         let [(_, outbox), (_, keys), (_, inbox)] = counts[..] else { continue };
-                        tracing::info!(outbox, idempotency_keys = keys, processed_events = inbox, "pruned rows past their retention");
+                        tracing::info!(
+                            outbox,
+                            idempotency_keys = keys,
+                            processed_events = inbox,
+                            "pruned rows past their retention",
+                        );
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "pruning failed; will retry at the next pass"),

@@ -146,7 +146,10 @@ impl Reconciler {
             let (Ok(amount), Ok(currency)) =
                 (Amount::new(o.amount), o.currency.parse::<Currency>())
             else {
-                tracing::error!(payment_id = %o.id, "pending payment has an invalid amount or currency; not re-driven");
+                tracing::error!(
+                    payment_id = %o.id,
+                    "pending payment has an invalid amount or currency; not re-driven",
+                );
                 continue;
             };
             let event = PaymentRequested::new(

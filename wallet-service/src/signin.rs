@@ -19,7 +19,12 @@ impl Verifier {
     pub fn from_config(cfg: &AuthConfig) -> anyhow::Result<Self> {
         Ok(match cfg.mode()? {
             AuthMode::Jwks(settings) => {
-                tracing::info!(url = %settings.url, issuer = ?cfg.issuer, audience = ?cfg.audience, "sign-in: tokens are checked against the identity provider's keys (JWKS)");
+                tracing::info!(
+                    url = %settings.url,
+                    issuer = ?cfg.issuer,
+                    audience = ?cfg.audience,
+                    "sign-in: tokens are checked against the identity provider's keys (JWKS)",
+                );
                 Self::Jwks(JwksVerifier::new(settings, cfg.policy())?)
             }
             AuthMode::Secret(secret) => {

@@ -8,13 +8,24 @@
 //! [`JwksVerifier::is_ready`] is false. [`JwksVerifier::keep_fresh`] fetches at start, retries
 //! until it succeeds, and then refetches every [`JwksSettings::refresh_every`]. A failed
 //! refetch keeps the keys it had.
+//!
+//! Checking an ES256 signature costs about 85 us of CPU (RS256 35 us, HS256 2 us), and a
+//! client sends the same access token with every request until it expires. Tokens that
+//! passed are therefore remembered ([`Verified`]), by their SHA-256, until their `exp`: at
+//! most [`VERIFIED_CAPACITY`] of them, and all forgotten whenever the key set changes, so a
+//! key the provider retired stops working as soon as the service has seen the new set.
 
 use super::jwks::{kid_of, JwksError, KeySet};
 use super::{AuthError, Principal, Refusal, TokenPolicy};
 use crate::backoff::Backoff;
 use crate::shutdown::Shutdown;
-use std::sync::{Arc, RwLock};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+/// The most verified tokens remembered (about 100 bytes each).
+pub const VERIFIED_CAPACITY: usize = 10_000;
 
 /// A JWKS document larger than this is refused unread.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -39,6 +50,7 @@ pub struct JwksVerifier {
     policy: TokenPolicy,
     http: reqwest::Client,
     keys: RwLock<Option<Arc<KeySet>>>,
+    verified: Mutex<Verified>,
     /// When the last fetch started; held while fetching, so concurrent callers wait for the
     /// one fetch instead of starting their own.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
@@ -68,6 +80,7 @@ impl JwksVerifier {
             policy,
             http,
             keys: RwLock::new(None),
+            verified: Mutex::new(Verified::default()),
             last_fetch: tokio::sync::Mutex::new(None),
         }))
     }
@@ -92,16 +105,29 @@ impl JwksVerifier {
 
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let keys = self.current().ok_or(AuthError::KeysUnavailable)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(principal) = self.lock_verified().get(&digest, super::now_secs()) {
+            return Ok(principal);
+        }
         let kid = kid_of(token)?;
-        if keys.contains(&kid) {
-            return keys.verify(token, &self.policy);
-        }
-        // Perhaps the provider rotated: look again, at most once per gap.
-        self.refresh_unless_recent().await;
-        match self.current() {
-            Some(keys) if keys.contains(&kid) => keys.verify(token, &self.policy),
-            _ => Err(Refusal::UnknownKey.into()),
-        }
+        let keys = if keys.contains(&kid) {
+            keys
+        } else {
+            // Perhaps the provider rotated: look again, at most once per gap.
+            self.refresh_unless_recent().await;
+            match self.current() {
+                Some(keys) if keys.contains(&kid) => keys,
+                _ => return Err(Refusal::UnknownKey.into()),
+            }
+        };
+        let (principal, exp) = keys.verify_until(token, &self.policy)?;
+        self.lock_verified()
+            .insert(digest, principal.clone(), exp, super::now_secs());
+        Ok(principal)
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, Verified> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Fetches now, unless a fetch started less than `min_refresh_gap` ago.
@@ -127,9 +153,18 @@ impl JwksVerifier {
                 let count = set.len();
                 let changed = self.current().is_none_or(|old| !same_kids(&old, &set));
                 *self.keys.write().expect("key cache lock") = Some(Arc::new(set));
+                if changed {
+                    // A token verified with a key that is gone must be checked again.
+                    self.lock_verified().clear();
+                }
                 metrics::counter!("auth_jwks_fetches_total", "result" => "ok").increment(1);
                 if changed {
-                    tracing::info!(url = %self.settings.url, keys = count, reason = why, "loaded the identity provider's signing keys");
+                    tracing::info!(
+                        url = %self.settings.url,
+                        keys = count,
+                        reason = why,
+                        "loaded the identity provider's signing keys",
+                    );
                 }
                 Ok(count)
             }
@@ -140,7 +175,12 @@ impl JwksVerifier {
                 } else {
                     "no token can be verified until it succeeds"
                 };
-                tracing::warn!(url = %self.settings.url, error = %e, reason = why, "could not fetch the identity provider's signing keys; {kept}");
+                tracing::warn!(
+                    url = %self.settings.url,
+                    error = %e,
+                    reason = why,
+                    "could not fetch the identity provider's signing keys; {kept}",
+                );
                 Err(e)
             }
         }
@@ -200,4 +240,88 @@ impl JwksVerifier {
 
 fn same_kids(a: &KeySet, b: &KeySet) -> bool {
     a.len() == b.len() && a.kids().all(|k| b.contains(k))
+}
+
+/// Tokens that passed verification, by SHA-256, each until its `exp`.
+#[derive(Default)]
+struct Verified {
+    entries: HashMap<[u8; 32], (Principal, u64)>,
+}
+
+impl Verified {
+    fn get(&mut self, digest: &[u8; 32], now: u64) -> Option<Principal> {
+        match self.entries.get(digest) {
+            Some((p, exp)) if *exp > now => Some(p.clone()),
+            Some(_) => {
+                self.entries.remove(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers a token; when full, forgets the expired ones, and everything if none were.
+    fn insert(&mut self, digest: [u8; 32], principal: Principal, exp: u64, now: u64) {
+        if self.entries.len() >= VERIFIED_CAPACITY {
+            self.entries.retain(|_, (_, e)| *e > now);
+            if self.entries.len() >= VERIFIED_CAPACITY {
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(digest, (principal, exp));
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Principal {
+        Principal {
+            sub: "alice".into(),
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let mut v = Verified::default();
+        v.insert([1; 32], alice(), 100, 10);
+        assert_eq!(v.get(&[1; 32], 99), Some(alice()));
+        assert_eq!(v.get(&[2; 32], 99), None);
+        // At `exp` it is gone, and forgotten.
+        assert_eq!(v.get(&[1; 32], 100), None);
+        assert!(v.entries.is_empty());
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let mut v = Verified::default();
+        let digest = |i: usize| {
+            let mut d = [0u8; 32];
+            d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            d
+        };
+        // Full of live tokens, half of them expiring at 50.
+        for i in 0..VERIFIED_CAPACITY {
+            v.insert(digest(i), alice(), if i % 2 == 0 { 50 } else { 500 }, 10);
+        }
+        assert_eq!(v.entries.len(), VERIFIED_CAPACITY);
+        // One more after 50: the expired half goes.
+        v.insert(digest(VERIFIED_CAPACITY), alice(), 500, 60);
+        assert_eq!(v.entries.len(), VERIFIED_CAPACITY / 2 + 1);
+        // Full of tokens none of which has expired: everything goes.
+        for i in 0..VERIFIED_CAPACITY {
+            v.insert(digest(VERIFIED_CAPACITY + 1 + i), alice(), 500, 60);
+        }
+        assert!(v.entries.len() <= VERIFIED_CAPACITY);
+        for i in 0..3 * VERIFIED_CAPACITY {
+            v.insert(digest(10 * VERIFIED_CAPACITY + i), alice(), 500, 60);
+            assert!(v.entries.len() <= VERIFIED_CAPACITY);
+        }
+    }
 }

@@ -124,9 +124,18 @@ impl KeySet {
 
     /// Verifies `token` with the key its `kid` names.
     pub fn verify(&self, token: &str, policy: &TokenPolicy) -> Result<Principal, AuthError> {
+        self.verify_until(token, policy).map(|(p, _)| p)
+    }
+
+    /// [`KeySet::verify`], with the token's `exp` (how long the answer holds).
+    pub fn verify_until(
+        &self,
+        token: &str,
+        policy: &TokenPolicy,
+    ) -> Result<(Principal, u64), AuthError> {
         let kid = kid_of(token)?;
         let key = self.keys.get(&kid).ok_or(Refusal::UnknownKey)?;
-        Ok(policy.decode(token, &key.key, &key.validation)?)
+        Ok(policy.decode_until(token, &key.key, &key.validation)?)
     }
 }
 

@@ -139,6 +139,16 @@ impl TokenPolicy {
         key: &DecodingKey,
         validation: &Validation,
     ) -> Result<Principal, Refusal> {
+        self.decode_until(token, key, validation).map(|(p, _)| p)
+    }
+
+    /// [`TokenPolicy::decode`], with the token's `exp`.
+    fn decode_until(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        validation: &Validation,
+    ) -> Result<(Principal, u64), Refusal> {
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| refusal_of(e.kind()))?
             .claims;
@@ -164,10 +174,11 @@ impl TokenPolicy {
             || claims
                 .permissions
                 .is_some_and(|p| p.iter().any(|p| p == scope));
-        Ok(Principal {
+        let principal = Principal {
             sub: claims.sub,
             admin,
-        })
+        };
+        Ok((principal, claims.exp))
     }
 }
 

@@ -51,26 +51,60 @@ pub async fn create(
         let traceparent = shared::trace::new_traceparent();
         let alert_threshold = state.alerts.for_currency(currency);
         let id = PaymentId::new();
-        let new = NewPayment { id, wallet_id, owner_id: &principal.sub, amount, currency, merchant_id, description, alert_threshold };
+        let new = NewPayment {
+            id,
+            wallet_id,
+            owner_id: &principal.sub,
+            amount,
+            currency,
+            merchant_id,
+            description,
+            alert_threshold,
+        };
         let span = tracing::info_span!("accept", payment_id = %id, traceparent);
-        match payments::accept(guard.conn(), new, principal.admin, &traceparent).instrument(span).await.map_err(ApiError::from_balance_write)? {
+        match payments::accept(guard.conn(), new, principal.admin, &traceparent)
+            .instrument(span)
+            .await
+            .map_err(ApiError::from_balance_write)?
+        {
             AcceptOutcome::Accepted(payment) => {
-                tracing::info!(payment_id = %payment.id, %wallet_id, amount = %amount, %currency, merchant_id, traceparent, "payment accepted; funds held");
+                tracing::info!(
+                    payment_id = %payment.id,
+                    %wallet_id,
+                    amount = %amount,
+                    %currency,
+                    merchant_id,
+                    traceparent,
+                    "payment accepted; funds held",
+                );
                 if let Some(threshold) = alert_threshold.filter(|t| amount >= *t) {
-                    tracing::warn!(payment_id = %payment.id, %wallet_id, amount = %amount, threshold = %threshold, %currency, "large payment: payment.alert raised");
+                    tracing::warn!(
+                        payment_id = %payment.id,
+                        %wallet_id,
+                        amount = %amount,
+                        threshold = %threshold,
+                        %currency,
+                        "large payment: payment.alert raised",
+                    );
                 }
                 metrics::counter!("payments_accepted_total").increment(1);
                 Ok((StatusCode::ACCEPTED, json!(payment)))
             }
             AcceptOutcome::WalletNotFound => Err(ApiError::WalletNotFound),
-            AcceptOutcome::NotOwner => Err(ApiError::Forbidden("payments can only be made from the principal's own wallets")),
+            AcceptOutcome::NotOwner => Err(ApiError::Forbidden(
+                "payments can only be made from the principal's own wallets",
+            )),
             AcceptOutcome::CurrencyMismatch { wallet } => Err(ApiError::CurrencyMismatch {
                 wallet: wallet.to_string(),
                 requested: currency.to_string(),
             }),
             AcceptOutcome::InsufficientFunds { available } => {
-                metrics::counter!("payments_refused_total", "reason" => "insufficient_funds").increment(1);
-                Err(ApiError::InsufficientFunds { available, requested: amount.minor_units() })
+                metrics::counter!("payments_refused_total", "reason" => "insufficient_funds")
+                    .increment(1);
+                Err(ApiError::InsufficientFunds {
+                    available,
+                    requested: amount.minor_units(),
+                })
             }
         }
     }

@@ -60,10 +60,19 @@ pub async fn create(
             // The same rule as every other text field: 1 to 255 characters (the column's
             // CHECK), no control characters.
             Some(o) if o == principal.sub || principal.admin => f.text("owner_id", 1, 255)?,
-            Some(_) => return Err(ApiError::Forbidden("only the admin scope may create wallets for another owner")),
+            Some(_) => {
+                return Err(ApiError::Forbidden(
+                    "only the admin scope may create wallets for another owner",
+                ))
+            }
         };
         let wallet = wallets::create(guard.conn(), owner, currency).await?;
-        tracing::info!(wallet_id = %wallet.id, owner_id = %wallet.owner_id, currency = %wallet.currency, "wallet created");
+        tracing::info!(
+            wallet_id = %wallet.id,
+            owner_id = %wallet.owner_id,
+            currency = %wallet.currency,
+            "wallet created",
+        );
         Ok((StatusCode::CREATED, json!(wallet)))
     }
     .await;
@@ -128,9 +137,25 @@ pub async fn deposit(
         let amount = f.amount()?;
         let currency = f.currency()?;
         let reference = f.opt_text("reference", 255)?;
-        match wallets::deposit(guard.conn(), uuid::Uuid::now_v7(), wallet_id, amount, currency, reference).await.map_err(ApiError::from_balance_write)? {
+        match wallets::deposit(
+            guard.conn(),
+            uuid::Uuid::now_v7(),
+            wallet_id,
+            amount,
+            currency,
+            reference,
+        )
+        .await
+        .map_err(ApiError::from_balance_write)?
+        {
             wallets::DepositOutcome::Done(d) => {
-                tracing::info!(%wallet_id, deposit_id = %d.id, amount = %amount, %currency, "deposit credited");
+                tracing::info!(
+                    %wallet_id,
+                    deposit_id = %d.id,
+                    amount = %amount,
+                    %currency,
+                    "deposit credited",
+                );
                 metrics::counter!("deposits_total").increment(1);
                 Ok((StatusCode::CREATED, json!(d)))
             }
@@ -138,10 +163,12 @@ pub async fn deposit(
             wallets::DepositOutcome::BalanceLimit => Err(ApiError::Validation(
                 "`amount` would take the wallet past the largest balance it can hold".into(),
             )),
-            wallets::DepositOutcome::CurrencyMismatch { wallet } => Err(ApiError::CurrencyMismatch {
-                wallet: wallet.to_string(),
-                requested: currency.to_string(),
-            }),
+            wallets::DepositOutcome::CurrencyMismatch { wallet } => {
+                Err(ApiError::CurrencyMismatch {
+                    wallet: wallet.to_string(),
+                    requested: currency.to_string(),
+                })
+            }
         }
     }
     .await;

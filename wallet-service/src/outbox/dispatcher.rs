@@ -81,7 +81,10 @@ impl Dispatcher {
                 Ok((conn, channel)) => {
                     attempt = 0;
                     self.connected.store(true, Ordering::Relaxed);
-                    tracing::info!(exchange = %self.topology.exchange, "outbox dispatcher connected to RabbitMQ");
+                    tracing::info!(
+                        exchange = %self.topology.exchange,
+                        "outbox dispatcher connected to RabbitMQ",
+                    );
                     let reason = self.publish_while_connected(&channel, &mut shutdown).await;
                     self.connected.store(false, Ordering::Relaxed);
                     let _ = conn.close(200, "dispatcher stopping".into()).await;
@@ -93,7 +96,11 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "outbox dispatcher cannot reach RabbitMQ; retrying");
+                    tracing::warn!(
+                        error = %e,
+                        attempt,
+                        "outbox dispatcher cannot reach RabbitMQ; retrying",
+                    );
                 }
             }
             let delay = backoff.delay(attempt);
@@ -139,7 +146,10 @@ impl Dispatcher {
                 }
                 Err(BatchError::Broker(e)) => return Err(e.into()),
                 Err(BatchError::Db(e)) => {
-                    tracing::warn!(error = %e, "outbox dispatcher cannot read the outbox; retrying");
+                    tracing::warn!(
+                        error = %e,
+                        "outbox dispatcher cannot read the outbox; retrying",
+                    );
                     wakeup.reset();
                     let delay = db_backoff.delay(db_failures);
                     db_failures += 1;
@@ -216,7 +226,11 @@ impl Dispatcher {
                     published.push(id);
                 }
                 Ok(_) => {
-                    tracing::warn!(%payment_id, event_id = %id, "RabbitMQ refused or returned an outbox event; will retry");
+                    tracing::warn!(
+                        %payment_id,
+                        event_id = %id,
+                        "RabbitMQ refused or returned an outbox event; will retry",
+                    );
                     failed.push(id);
                 }
                 Err(e) => return Err(e.into()),

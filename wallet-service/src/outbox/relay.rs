@@ -82,7 +82,11 @@ impl EventRelay {
         {
             return;
         }
-        tracing::info!(events = %self.topics.events, alerts = %self.topics.alerts, "event relay started");
+        tracing::info!(
+            events = %self.topics.events,
+            alerts = %self.topics.alerts,
+            "event relay started",
+        );
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failures = 0;
         let mut wakeup = Wakeup::new(
@@ -99,7 +103,11 @@ impl EventRelay {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt = failures, "relaying events to Kafka failed; will retry");
+                    tracing::warn!(
+                        error = %e,
+                        attempt = failures,
+                        "relaying events to Kafka failed; will retry",
+                    );
                     wakeup.reset();
                     let delay = backoff.delay(failures);
                     failures += 1;
@@ -191,7 +199,12 @@ impl EventRelay {
                         published.push(id);
                     }
                     Ok(Err((e, _))) => {
-                        tracing::warn!(event_id = %id, event_type, error = %e, "Kafka did not acknowledge an event; it will be sent again");
+                        tracing::warn!(
+                            event_id = %id,
+                            event_type,
+                            error = %e,
+                            "Kafka did not acknowledge an event; it will be sent again",
+                        );
                         failed += 1;
                     }
                     Err(_) => failed += 1,
