@@ -19,6 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// A payment request waiting in the outbox.
+struct Unpublished {
+    id: Uuid,
+    aggregate_id: Uuid,
+    event_type: String,
+    payload: serde_json::Value,
+    traceparent: Option<String>,
+}
+
 pub struct Dispatcher {
     pub pool: PgPool,
     pub amqp_url: String,
@@ -173,12 +182,13 @@ impl Dispatcher {
     /// Claims, publishes and marks one batch. Returns how many rows were claimed.
     async fn publish_batch(&self, channel: &Channel) -> Result<usize, BatchError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, Uuid, String, serde_json::Value, Option<String>)> = sqlx::query_as(
+        let rows = sqlx::query_as!(
+            Unpublished,
             "SELECT id, aggregate_id, event_type, payload, traceparent FROM outbox
              WHERE published_at IS NULL AND channel = 'payments'
              ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+            self.config.outbox_batch_size,
         )
-        .bind(self.config.outbox_batch_size)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -186,7 +196,14 @@ impl Dispatcher {
         }
         let start = Instant::now();
         let mut pending = Vec::with_capacity(rows.len());
-        for (id, aggregate_id, event_type, payload, traceparent) in &rows {
+        for Unpublished {
+            id,
+            aggregate_id,
+            event_type,
+            payload,
+            traceparent,
+        } in &rows
+        {
             let body = serde_json::to_vec(payload).expect("a JSON value serializes");
             let traceparent = traceparent
                 .clone()
@@ -236,17 +253,20 @@ impl Dispatcher {
                 Err(e) => return Err(e.into()),
             }
         }
-        sqlx::query(
+        sqlx::query!(
             "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+            &published,
         )
-        .bind(&published)
         .execute(&mut *tx)
         .await?;
         if !failed.is_empty() {
-            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = 'nacked or returned by broker' WHERE id = ANY($1)")
-                .bind(&failed)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = 'nacked or returned by broker'
+                 WHERE id = ANY($1)",
+                &failed,
+            )
+            .execute(&mut *tx)
+            .await?;
             metrics::counter!("outbox_publish_failures_total").increment(failed.len() as u64);
         }
         tx.commit().await?;

@@ -116,20 +116,20 @@ struct Row<'a, E> {
 /// Writes the row and notifies the relays; both take effect at commit.
 async fn write<E: Serialize>(conn: &mut PgConnection, row: Row<'_, E>) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_value(row.event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
+    sqlx::query!(
         "WITH ins AS (
             INSERT INTO outbox (id, aggregate_id, event_type, payload, traceparent, channel)
             VALUES ($1, $2, $3, $4, $5, $6)
          )
          SELECT pg_notify($7, '')",
+        row.id,
+        row.aggregate_id,
+        row.kind,
+        payload,
+        row.traceparent,
+        row.channel.as_str(),
+        row.channel.notify_channel(),
     )
-    .bind(row.id)
-    .bind(row.aggregate_id)
-    .bind(row.kind)
-    .bind(payload)
-    .bind(row.traceparent)
-    .bind(row.channel.as_str())
-    .bind(row.channel.notify_channel())
     .execute(conn)
     .await?;
     Ok(())

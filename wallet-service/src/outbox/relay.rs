@@ -48,14 +48,15 @@ pub fn describe_metrics() {
     );
 }
 
-type Claimed = (
-    Uuid,
-    Uuid,
-    String,
-    String,
-    serde_json::Value,
-    Option<String>,
-);
+/// An event waiting in the outbox; `aggregate_id` is its wallet (the Kafka key).
+struct Claimed {
+    id: Uuid,
+    aggregate_id: Uuid,
+    event_type: String,
+    channel: String,
+    payload: serde_json::Value,
+    traceparent: Option<String>,
+}
 
 impl EventRelay {
     pub fn new(
@@ -135,19 +136,22 @@ impl EventRelay {
     /// when another relay holds the lock).
     async fn publish_batch(&self) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let (mine,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
+        let mine = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_xact_lock($1) AS "mine!""#,
+            RELAY_LOCK
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if !mine {
             return Ok(0);
         }
-        let rows: Vec<Claimed> = sqlx::query_as(
+        let rows = sqlx::query_as!(
+            Claimed,
             "SELECT id, aggregate_id, event_type, channel, payload, traceparent FROM outbox
              WHERE published_at IS NULL AND channel IN ('events', 'alerts')
              ORDER BY seq LIMIT $1",
+            self.config.outbox_batch_size,
         )
-        .bind(self.config.outbox_batch_size)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -168,7 +172,15 @@ impl EventRelay {
         let mut failed = 0u64;
         for round in rounds {
             let mut deliveries = Vec::with_capacity(round.len());
-            for (id, wallet_id, event_type, channel, payload, traceparent) in round {
+            for Claimed {
+                id,
+                aggregate_id: wallet_id,
+                event_type,
+                channel,
+                payload,
+                traceparent,
+            } in round
+            {
                 let body = serde_json::to_vec(payload).expect("a JSON value serializes");
                 let (key, event_id) = (wallet_id.to_string(), id.to_string());
                 let mut headers =
@@ -214,10 +226,10 @@ impl EventRelay {
                 break;
             }
         }
-        sqlx::query(
+        sqlx::query!(
             "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+            &published,
         )
-        .bind(&published)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -253,7 +265,7 @@ trait HasWallet {
 
 impl HasWallet for Claimed {
     fn wallet(&self) -> Uuid {
-        self.1
+        self.aggregate_id
     }
 }
 

@@ -39,6 +39,45 @@ pub struct Payment {
 const PAYMENT_COLUMNS: &str = "id, wallet_id, amount, currency, merchant_id, description, status, \
      failure_reason, created_at, updated_at, finalized_at, owner_id";
 
+/// A `payments` row as the compile-time checked statements return it (`query_as!` fills
+/// fields of the column types; [`Payment`] is the checked, typed form).
+struct PaymentRow {
+    id: Uuid,
+    wallet_id: Uuid,
+    amount: i64,
+    currency: String,
+    merchant_id: String,
+    description: Option<String>,
+    status: String,
+    failure_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finalized_at: Option<DateTime<Utc>>,
+    owner_id: String,
+}
+
+impl TryFrom<PaymentRow> for Payment {
+    type Error = sqlx::Error;
+
+    fn try_from(r: PaymentRow) -> Result<Self, Self::Error> {
+        let decode = |e: String| sqlx::Error::Decode(e.into());
+        Ok(Self {
+            id: r.id,
+            wallet_id: r.wallet_id,
+            amount: r.amount,
+            currency: Currency::try_from(r.currency).map_err(|e| decode(e.to_string()))?,
+            merchant_id: r.merchant_id,
+            description: r.description,
+            status: PaymentStatus::try_from(r.status).map_err(|e| decode(e.to_string()))?,
+            failure_reason: r.failure_reason,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            finalized_at: r.finalized_at,
+            owner_id: r.owner_id,
+        })
+    }
+}
+
 pub struct NewPayment<'a> {
     /// Chosen by the caller, so that its span names the payment from the start.
     pub id: PaymentId,
@@ -80,17 +119,18 @@ pub async fn accept(
     traceparent: &str,
 ) -> Result<AcceptOutcome, sqlx::Error> {
     let amount = new.amount.minor_units();
-    let held: Option<(i64, i64)> = sqlx::query_as(
+    let held = sqlx::query!(
         "UPDATE wallets SET available = available - $2, held = held + $2, updated_at = now()
          WHERE id = $1 AND owner_id = $3 AND currency = $4 AND available >= $2
          RETURNING available, held",
+        new.wallet_id.0,
+        amount,
+        new.owner_id,
+        new.currency.as_str(),
     )
-    .bind(new.wallet_id.0)
-    .bind(amount)
-    .bind(new.owner_id)
-    .bind(new.currency.as_str())
     .fetch_optional(&mut *conn)
-    .await?;
+    .await?
+    .map(|r| (r.available, r.held));
 
     let Some((available_after, held_after)) = held else {
         return Ok(match super::wallets::get(conn, new.wallet_id).await? {
@@ -113,27 +153,31 @@ pub async fn accept(
 
     // The payment and its `hold` entry in one statement (one round trip fewer).
     let payment_id = new.id;
-    let payment: Payment = sqlx::query_as(&format!(
+    let payment: Payment = sqlx::query_as!(
+        PaymentRow,
         "WITH entry AS (
             INSERT INTO ledger_entries (id, wallet_id, kind, amount, payment_id, available_after, held_after)
             VALUES ($8, $2, $9, $4, $1, $10, $11)
          )
          INSERT INTO payments (id, wallet_id, owner_id, amount, currency, merchant_id, description)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {PAYMENT_COLUMNS}"
-    ))
-    .bind(payment_id.0)
-    .bind(new.wallet_id.0)
-    .bind(new.owner_id)
-    .bind(amount)
-    .bind(new.currency.as_str())
-    .bind(new.merchant_id)
-    .bind(new.description)
-    .bind(Uuid::now_v7())
-    .bind(EntryKind::Hold.as_str())
-    .bind(available_after)
-    .bind(held_after)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         RETURNING id, wallet_id, amount, currency, merchant_id, description, status,
+                   failure_reason, created_at, updated_at, finalized_at, owner_id",
+        payment_id.0,
+        new.wallet_id.0,
+        new.owner_id,
+        amount,
+        new.currency.as_str(),
+        new.merchant_id,
+        new.description,
+        Uuid::now_v7(),
+        EntryKind::Hold.as_str(),
+        available_after,
+        held_after,
+    )
     .fetch_one(&mut *conn)
-    .await?;
+    .await?
+    .try_into()?;
 
     let event = PaymentRequested::new(
         EventId::new(),
@@ -167,12 +211,17 @@ pub async fn accept(
 }
 
 pub async fn get(conn: &mut PgConnection, id: PaymentId) -> Result<Option<Payment>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
-    ))
-    .bind(id.0)
+    sqlx::query_as!(
+        PaymentRow,
+        "SELECT id, wallet_id, amount, currency, merchant_id, description, status,
+                failure_reason, created_at, updated_at, finalized_at, owner_id
+         FROM payments WHERE id = $1",
+        id.0,
+    )
     .fetch_optional(conn)
-    .await
+    .await?
+    .map(Payment::try_from)
+    .transpose()
 }
 
 pub struct ListFilter {
@@ -255,7 +304,6 @@ pub enum Applied {
 
 /// What the finalizing statement returns: whether the inbox row is new, and, when the
 /// status guard moved the payment, the payment and the wallet's balances after it.
-#[derive(sqlx::FromRow)]
 struct Finalizing {
     fresh: bool,
     wallet_id: Option<Uuid>,
@@ -296,38 +344,6 @@ impl Finalizing {
     }
 }
 
-/// The status guard (a pending payment moves once), the inbox row (was this event id seen
-/// before?), the balance change and its ledger entry, as one statement: one round trip on
-/// the path every result takes instead of four. Data-modifying CTEs all run, in one
-/// snapshot; the later ones read the rows the guard moved, so nothing but the inbox row is
-/// written when the payment was not pending. Capture removes the amount from `held`;
-/// release (`$7`) also moves it back to `available`.
-const FINALIZE_SQL: &str = "WITH moved AS (
-    UPDATE payments
-    SET status = $2, failure_reason = $3, gateway_reference = $4, finalized_at = now(), updated_at = now()
-    WHERE id = $1 AND status = 'pending'
-    RETURNING wallet_id, amount, currency, merchant_id, created_at, finalized_at
-), inbox AS (
-    INSERT INTO processed_events (event_id, payment_id, outcome, applied)
-    SELECT $5, $1, $6, EXISTS (SELECT 1 FROM moved)
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-), balance AS (
-    UPDATE wallets w
-    SET held = w.held - m.amount,
-        available = w.available + CASE WHEN $7 THEN m.amount ELSE 0 END,
-        updated_at = now()
-    FROM moved m
-    WHERE w.id = m.wallet_id
-    RETURNING w.available, w.held
-), entry AS (
-    INSERT INTO ledger_entries (id, wallet_id, kind, amount, payment_id, reference, available_after, held_after)
-    SELECT $8, m.wallet_id, $9, m.amount, $1, $4, b.available, b.held FROM moved m, balance b
-)
-SELECT EXISTS (SELECT 1 FROM inbox) AS fresh, m.wallet_id, m.amount, m.currency, m.merchant_id,
-       m.created_at, m.finalized_at, b.available AS available_after, b.held AS held_after
-FROM (SELECT 1) AS one LEFT JOIN moved m ON true LEFT JOIN balance b ON true";
-
 /// Applies one gateway result. Exactly once per event id (the inbox), and at most one
 /// transition per payment (`WHERE status = 'pending'`), however often results arrive; the
 /// transition writes its ledger entry and its `payment.finalized` event.
@@ -344,18 +360,54 @@ pub async fn finalize(
         Outcome::Succeeded => EntryKind::Capture,
         Outcome::Failed => EntryKind::Release,
     };
-    let row: Finalizing = sqlx::query_as(FINALIZE_SQL)
-        .bind(payment_id.0)
-        .bind(status.as_str())
-        .bind(failure_reason.map(FailureReason::as_str))
-        .bind(gateway_reference)
-        .bind(event_id.0)
-        .bind(outcome.as_str())
-        .bind(kind == EntryKind::Release)
-        .bind(Uuid::now_v7())
-        .bind(kind.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
+    // The status guard (a pending payment moves once), the inbox row (was this event id
+    // seen before?), the balance change and its ledger entry, as one statement: one round
+    // trip on the path every result takes instead of four. Data-modifying CTEs all run, in
+    // one snapshot; the later ones read the rows the guard moved, so nothing but the inbox
+    // row is written when the payment was not pending. Capture removes the amount from
+    // `held`; release (`$7`) also moves it back to `available`.
+    let row = sqlx::query_as!(
+        Finalizing,
+        r#"WITH moved AS (
+            UPDATE payments
+            SET status = $2, failure_reason = $3, gateway_reference = $4, finalized_at = now(), updated_at = now()
+            WHERE id = $1 AND status = 'pending'
+            RETURNING wallet_id, amount, currency, merchant_id, created_at, finalized_at
+        ), inbox AS (
+            INSERT INTO processed_events (event_id, payment_id, outcome, applied)
+            SELECT $5, $1, $6, EXISTS (SELECT 1 FROM moved)
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id
+        ), balance AS (
+            UPDATE wallets w
+            SET held = w.held - m.amount,
+                available = w.available + CASE WHEN $7 THEN m.amount ELSE 0 END,
+                updated_at = now()
+            FROM moved m
+            WHERE w.id = m.wallet_id
+            RETURNING w.available, w.held
+        ), entry AS (
+            INSERT INTO ledger_entries (id, wallet_id, kind, amount, payment_id, reference, available_after, held_after)
+            SELECT $8, m.wallet_id, $9, m.amount, $1, $4, b.available, b.held FROM moved m, balance b
+        )
+        SELECT EXISTS (SELECT 1 FROM inbox) AS "fresh!",
+               m.wallet_id AS "wallet_id?", m.amount AS "amount?", m.currency AS "currency?",
+               m.merchant_id AS "merchant_id?", m.created_at AS "created_at?",
+               m.finalized_at AS "finalized_at?", b.available AS "available_after?",
+               b.held AS "held_after?"
+        FROM (SELECT 1) AS one LEFT JOIN moved m ON true LEFT JOIN balance b ON true"#,
+        payment_id.0,
+        status.as_str(),
+        failure_reason.map(FailureReason::as_str),
+        gateway_reference,
+        event_id.0,
+        outcome.as_str(),
+        kind == EntryKind::Release,
+        Uuid::now_v7(),
+        kind.as_str(),
+    )
+    .fetch_one(&mut *conn)
+    .await?;
 
     if row.wallet_id.is_some() && row.available_after.is_none() {
         // The guard moved a payment whose wallet row is gone: refuse, roll back.
@@ -387,11 +439,13 @@ pub async fn finalize(
         held_after,
     }) = moved
     else {
-        let current: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT status, gateway_reference FROM payments WHERE id = $1")
-                .bind(payment_id.0)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let current = sqlx::query!(
+            "SELECT status, gateway_reference FROM payments WHERE id = $1",
+            payment_id.0,
+        )
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| (r.status, r.gateway_reference));
         return Ok(match current {
             Some((s, gateway_reference)) => match PaymentStatus::parse(&s) {
                 Some(status) => Applied::AlreadyFinal {
@@ -448,20 +502,20 @@ pub struct Conflict<'a> {
 /// Keeps a contradicting result for operators. Nothing about the payment changes: which side
 /// is right is for a person to find out with the gateway.
 pub async fn record_conflict(conn: &mut PgConnection, c: &Conflict<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO payment_outcome_conflicts
            (event_id, payment_id, recorded_status, reported_outcome, reported_reason,
             reported_reference, recorded_reference)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (event_id) DO NOTHING",
+        c.event_id.0,
+        c.payment_id.0,
+        c.recorded_status.as_str(),
+        c.reported_outcome.as_str(),
+        c.reported_reason.map(FailureReason::as_str),
+        c.reported_reference,
+        c.recorded_reference,
     )
-    .bind(c.event_id.0)
-    .bind(c.payment_id.0)
-    .bind(c.recorded_status.as_str())
-    .bind(c.reported_outcome.as_str())
-    .bind(c.reported_reason.map(FailureReason::as_str))
-    .bind(c.reported_reference)
-    .bind(c.recorded_reference)
     .execute(conn)
     .await?;
     Ok(())
