@@ -63,8 +63,12 @@ pub struct AuthConfig {
     #[arg(long, env = "AUTH_JWKS_REFRESH_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub jwks_refresh_secs: u64,
     /// A token naming an unknown `kid` refetches the JWKS at most once per this many seconds.
-    #[arg(long, env = "AUTH_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    #[arg(long, env = "AUTH_JWKS_MIN_REFRESH_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub jwks_min_refresh_secs: u64,
+    /// Accept a plain-http AUTH_JWKS_URL for a host other than loopback (a private
+    /// development network, such as the compose file's); otherwise it must be https.
+    #[arg(long, env = "AUTH_JWKS_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub jwks_allow_http: bool,
 }
 
 /// Which kind of signature the service checks.
@@ -85,6 +89,7 @@ impl AuthConfig {
             max_token_lifetime_secs: shared::auth::DEFAULT_MAX_LIFETIME_SECS,
             jwks_refresh_secs: 300,
             jwks_min_refresh_secs: 30,
+            jwks_allow_http: false,
         }
     }
 
@@ -134,6 +139,7 @@ impl AuthConfig {
                     refresh_every: Duration::from_secs(self.jwks_refresh_secs),
                     min_refresh_gap: Duration::from_secs(self.jwks_min_refresh_secs),
                     fetch_timeout: Duration::from_secs(5),
+                    allow_http: self.jwks_allow_http,
                 }))
             }
         }

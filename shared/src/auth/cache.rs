@@ -42,6 +42,8 @@ pub struct JwksSettings {
     pub min_refresh_gap: Duration,
     /// A fetch that takes longer has failed.
     pub fetch_timeout: Duration,
+    /// Accept a plain-http URL for a host other than loopback (development networks only).
+    pub allow_http: bool,
 }
 
 /// Verifies RS256/ES256 tokens with the provider's cached keys.
@@ -51,9 +53,10 @@ pub struct JwksVerifier {
     http: reqwest::Client,
     keys: RwLock<Option<Arc<KeySet>>>,
     verified: Mutex<Verified>,
-    /// When the last fetch started; held while fetching, so concurrent callers wait for the
-    /// one fetch instead of starting their own.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last fetch for an unknown `kid` started; held during every fetch, so
+    /// concurrent callers wait for the one fetch instead of starting their own. Scheduled
+    /// fetches do not count: a rotation right after one is still picked up at once.
+    last_on_demand: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// Why a fetch gave no keys (logged; the old keys stay).
@@ -69,11 +72,42 @@ pub enum FetchError {
     Document(#[from] JwksError),
 }
 
+/// `AUTH_JWKS_URL` cannot be trusted to deliver keys.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsafeJwksUrl {
+    #[error("AUTH_JWKS_URL is not a URL: {0}")]
+    NotUrl(String),
+    #[error(
+        "AUTH_JWKS_URL must be https (anyone on the way could hand the service keys that sign \
+         admin tokens); plain http is accepted for loopback, or anywhere with \
+         AUTH_JWKS_ALLOW_HTTP=true (a private development network)"
+    )]
+    NotHttps,
+    #[error("cannot build the HTTP client for AUTH_JWKS_URL: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
 impl JwksVerifier {
-    pub fn new(settings: JwksSettings, policy: TokenPolicy) -> Result<Arc<Self>, reqwest::Error> {
+    /// Refuses a URL that is not https, unless it is loopback or `allow_http` is set.
+    pub fn new(settings: JwksSettings, policy: TokenPolicy) -> Result<Arc<Self>, UnsafeJwksUrl> {
+        let url =
+            reqwest::Url::parse(&settings.url).map_err(|e| UnsafeJwksUrl::NotUrl(e.to_string()))?;
+        let host = url.host_str().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback || settings.allow_http => {}
+            _ => return Err(UnsafeJwksUrl::NotHttps),
+        }
+        // No redirects: one could lead from https to anywhere.
         let http = reqwest::Client::builder()
             .timeout(settings.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Arc::new(Self {
             settings,
@@ -81,7 +115,7 @@ impl JwksVerifier {
             http,
             keys: RwLock::new(None),
             verified: Mutex::new(Verified::default()),
-            last_fetch: tokio::sync::Mutex::new(None),
+            last_on_demand: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -98,8 +132,12 @@ impl JwksVerifier {
         self.keys.read().expect("key cache lock").clone()
     }
 
-    /// Parses an `Authorization` header value.
+    /// Parses an `Authorization` header value. Until the keys are loaded, every request is
+    /// answered [`AuthError::KeysUnavailable`], whatever its header.
     pub async fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        if !self.is_ready() {
+            return Err(AuthError::KeysUnavailable);
+        }
         self.verify(super::bearer(header)?).await
     }
 
@@ -121,8 +159,13 @@ impl JwksVerifier {
             }
         };
         let (principal, exp) = keys.verify_until(token, &self.policy)?;
-        self.lock_verified()
-            .insert(digest, principal.clone(), exp, super::now_secs());
+        // Remembered only if these keys are still the current ones, checked under the lock
+        // that a swap takes to forget: a token checked with keys replaced meanwhile is not
+        // remembered past the swap.
+        let mut verified = self.lock_verified();
+        if self.current().is_some_and(|now| Arc::ptr_eq(&now, &keys)) {
+            verified.insert(digest, principal.clone(), exp, super::now_secs());
+        }
         Ok(principal)
     }
 
@@ -130,9 +173,10 @@ impl JwksVerifier {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fetches now, unless a fetch started less than `min_refresh_gap` ago.
+    /// Fetches now, unless a fetch for an unknown `kid` started less than `min_refresh_gap`
+    /// ago.
     async fn refresh_unless_recent(&self) {
-        let mut last = self.last_fetch.lock().await;
+        let mut last = self.last_on_demand.lock().await;
         if last.is_some_and(|t| t.elapsed() < self.settings.min_refresh_gap) {
             return;
         }
@@ -142,8 +186,7 @@ impl JwksVerifier {
 
     /// Fetches now, whenever the last fetch was.
     async fn refresh(&self, why: &str) -> Result<usize, FetchError> {
-        let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
+        let _one_at_a_time = self.last_on_demand.lock().await;
         self.fetch_and_swap(why).await
     }
 
@@ -151,10 +194,11 @@ impl JwksVerifier {
         match self.fetch().await {
             Ok(set) => {
                 let count = set.len();
-                let changed = self.current().is_none_or(|old| !same_kids(&old, &set));
+                let changed = self.current().is_none_or(|old| !old.same_keys(&set));
                 *self.keys.write().expect("key cache lock") = Some(Arc::new(set));
                 if changed {
-                    // A token verified with a key that is gone must be checked again.
+                    // A token verified with a key that is gone or changed must be checked
+                    // again.
                     self.lock_verified().clear();
                 }
                 metrics::counter!("auth_jwks_fetches_total", "result" => "ok").increment(1);
@@ -238,10 +282,6 @@ impl JwksVerifier {
     }
 }
 
-fn same_kids(a: &KeySet, b: &KeySet) -> bool {
-    a.len() == b.len() && a.kids().all(|k| b.contains(k))
-}
-
 /// Tokens that passed verification, by SHA-256, each until its `exp`.
 #[derive(Default)]
 struct Verified {
@@ -260,11 +300,12 @@ impl Verified {
         }
     }
 
-    /// Remembers a token; when full, forgets the expired ones, and everything if none were.
+    /// Remembers a token; when full, forgets the expired ones, and everything if that did
+    /// not free a quarter (so the scan runs at most once per quarter of inserts).
     fn insert(&mut self, digest: [u8; 32], principal: Principal, exp: u64, now: u64) {
         if self.entries.len() >= VERIFIED_CAPACITY {
             self.entries.retain(|_, (_, e)| *e > now);
-            if self.entries.len() >= VERIFIED_CAPACITY {
+            if self.entries.len() > VERIFIED_CAPACITY * 3 / 4 {
                 self.entries.clear();
             }
         }

@@ -15,6 +15,9 @@ pub const MAX_KEYS: usize = 64;
 #[derive(Clone)]
 pub struct KeySet {
     keys: HashMap<String, Key>,
+    /// Each key's `kid`, algorithm and public numbers, sorted: two sets with the same
+    /// fingerprint verify exactly the same tokens.
+    fingerprint: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -55,6 +58,18 @@ struct Document {
 }
 
 impl Jwk {
+    /// What identifies this key's material.
+    fn fingerprint(&self, kid: &str, alg: Algorithm) -> String {
+        let part = |v: &Option<String>| v.clone().unwrap_or_default();
+        format!(
+            "{kid} {alg:?} {} {} {} {}",
+            part(&self.n),
+            part(&self.e),
+            part(&self.x),
+            part(&self.y)
+        )
+    }
+
     /// The key and its one algorithm, or `None` for a key this service does not verify with
     /// (encryption keys, symmetric keys, other curves and algorithms).
     fn usable(&self) -> Option<(String, Algorithm, DecodingKey)> {
@@ -86,13 +101,16 @@ impl KeySet {
             return Err(JwksError::TooManyKeys(doc.keys.len()));
         }
         let mut keys = HashMap::new();
+        let mut fingerprint = Vec::new();
         let mut skipped = 0;
         for value in doc.keys {
-            match serde_json::from_value::<Jwk>(value)
-                .ok()
-                .and_then(|jwk| jwk.usable())
-            {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+                skipped += 1;
+                continue;
+            };
+            match jwk.usable() {
                 Some((kid, alg, key)) => {
+                    fingerprint.push(jwk.fingerprint(&kid, alg));
                     let validation = policy.validation(alg);
                     keys.insert(kid, Key { key, validation });
                 }
@@ -102,7 +120,8 @@ impl KeySet {
         if keys.is_empty() {
             return Err(JwksError::NoUsableKey { skipped });
         }
-        Ok(Self { keys })
+        fingerprint.sort();
+        Ok(Self { keys, fingerprint })
     }
 
     pub fn len(&self) -> usize {
@@ -113,9 +132,9 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// The `kid`s of the keys, in no particular order.
-    pub fn kids(&self) -> impl Iterator<Item = &str> {
-        self.keys.keys().map(String::as_str)
+    /// Do both sets hold the same keys (the same `kid`s with the same material)?
+    pub fn same_keys(&self, other: &KeySet) -> bool {
+        self.fingerprint == other.fingerprint
     }
 
     pub fn contains(&self, kid: &str) -> bool {
@@ -308,6 +327,23 @@ mod tests {
         let set =
             KeySet::parse(json!({"keys": [oct_key(), ec]}).to_string().as_bytes(), &p).unwrap();
         assert!(set.contains("ec-1") && !set.contains("h"));
+    }
+
+    #[test]
+    fn a_key_replaced_under_the_same_kid_is_a_different_set() {
+        let p = policy();
+        let set = |keys: &[&SigningKey]| {
+            let doc = json!({"keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()});
+            KeySet::parse(doc.to_string().as_bytes(), &p).unwrap()
+        };
+        let (a, b) = (
+            SigningKey::generate_es256("k1"),
+            SigningKey::generate_es256("k2"),
+        );
+        assert!(set(&[&a, &b]).same_keys(&set(&[&b, &a])));
+        assert!(!set(&[&a]).same_keys(&set(&[&a, &b])));
+        let a_again = SigningKey::generate_es256("k1");
+        assert!(!set(&[&a]).same_keys(&set(&[&a_again])));
     }
 
     fn oct_key() -> serde_json::Value {
