@@ -70,6 +70,14 @@ async fn until_status(app: &TestApp, token: &str, want: StatusCode) {
     }
 }
 
+async fn read_without_token(app: &TestApp) -> reqwest::Response {
+    app.http
+        .get(format!("{}/v1/wallets/{}", app.url, uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn readyz(app: &TestApp) -> (StatusCode, Value) {
     let r = app
         .http
@@ -192,12 +200,7 @@ async fn every_bad_token_gets_the_same_401(pool: PgPool) {
         }
     }
     // No token at all: the same challenge.
-    let r = app
-        .http
-        .get(format!("{}/v1/wallets/{}", app.url, uuid::Uuid::new_v4()))
-        .send()
-        .await
-        .unwrap();
+    let r = read_without_token(&app).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.headers()["www-authenticate"],
@@ -296,12 +299,7 @@ async fn a_provider_down_at_start_makes_the_service_unready_until_it_comes_up(po
         "{body}"
     );
     // Even without a token: nothing can be verified yet.
-    let r = app
-        .http
-        .get(format!("{}/v1/wallets/{}", app.url, uuid::Uuid::new_v4()))
-        .send()
-        .await
-        .unwrap();
+    let r = read_without_token(&app).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let (status, ready) = readyz(&app).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");

@@ -350,27 +350,39 @@ async fn a_gateway_outage_ends_with_each_payment_charged_at_most_once_and_bounde
 
     // The budget ran out during the outage, so every payment was flagged; the requests
     // already queued still go through once the gateway is back, and each charge the gateway
-    // makes ends as one succeeded payment (none released, none charged twice: the gateway
-    // keeps one charge per key).
-    let succeeded = eventually(
+    // makes ends as one succeeded payment (none charged twice: the gateway keeps one charge
+    // per key). A request whose attempts all met the outage but whose void (the processor's
+    // last word) met the gateway again closes its key uncharged: that payment fails, as
+    // certainly not charged, and nothing else may fail.
+    let (succeeded, failed) = eventually(
         "every payment final after the outage",
         Duration::from_secs(240),
         || async {
-            let (succeeded, pending): (i64, i64) = sqlx::query_as(
+            let (succeeded, failed, pending): (i64, i64, i64) = sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE status = 'succeeded'),
+                        count(*) FILTER (WHERE status = 'failed'),
                         count(*) FILTER (WHERE status = 'pending')
                  FROM payments",
             )
             .fetch_one(&pool)
             .await
             .unwrap();
-            (pending == 0).then_some(succeeded)
+            (pending == 0).then_some((succeeded, failed))
         },
     )
     .await;
-    assert_eq!(
-        succeeded, PAYMENTS as i64,
-        "no payment failed: none was certainly uncharged"
+    assert_eq!(succeeded + failed, PAYMENTS as i64);
+    let failed_otherwise: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payments
+         WHERE status = 'failed' AND failure_reason IS DISTINCT FROM 'gateway_unavailable'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(failed_otherwise, 0, "only a voided key may fail a payment");
+    assert!(
+        gateway_stats(&gw).await["voided"].as_i64().unwrap() >= failed,
+        "each failed payment's key was voided at the gateway"
     );
     proc.stop().await;
     assert_eq!(
@@ -417,7 +429,7 @@ async fn a_gateway_outage_ends_with_each_payment_charged_at_most_once_and_bounde
     );
     assert_money_conserved(&pool).await;
     eprintln!(
-        "outage: {PAYMENTS} payments, {sent} requests sent, {succeeded} succeeded, {flagged} flagged during the outage"
+        "outage: {PAYMENTS} payments, {sent} requests sent, {succeeded} succeeded, {failed} voided uncharged, {flagged} flagged during the outage"
     );
     app.stop().await;
 }
