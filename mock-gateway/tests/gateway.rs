@@ -411,7 +411,9 @@ async fn a_key_in_flight_can_be_neither_looked_up_as_missing_nor_voided() {
     };
     // Wait until the gateway holds the key (the request is being processed).
     let start = std::time::Instant::now();
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(5));
     loop {
+        poll.tick().await;
         let (status, _) = get_json(&gw, &client, "/v1/charges/k-slow").await;
         if status == StatusCode::CONFLICT {
             break;
@@ -421,7 +423,6 @@ async fn a_key_in_flight_can_be_neither_looked_up_as_missing_nor_voided() {
             start.elapsed() < std::time::Duration::from_secs(10),
             "request never in flight"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let void = post_void(&gw, &client, "k-slow").await;
     assert_eq!(void.status(), StatusCode::CONFLICT);

@@ -273,12 +273,7 @@ async fn authentication_and_ownership(pool: PgPool) {
     let (_, pid) = app.pay_id("alice", &id, 100, "m").await;
 
     // No token, garbage, wrong secret, expired.
-    let r = app
-        .http
-        .get(format!("{}/v1/wallets/{id}", app.url))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_anonymous(&format!("/v1/wallets/{id}")).await;
     problem(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
     problem(
         app.get(&format!("/v1/wallets/{id}"), "garbage").await,

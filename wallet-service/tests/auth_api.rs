@@ -133,17 +133,7 @@ async fn a_weak_secret_stops_the_service_before_it_starts() {
         let mut cfg = serve_config(&Opts::default());
         cfg.auth = wallet_service::config::AuthConfig::with_secret(secret);
         // Never connected: the secret is checked before the database is touched.
-        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
-        let (_trigger, shutdown) = shared::shutdown::channel();
-        let err = wallet_service::app::start_with_pool(
-            cfg,
-            pool,
-            shared::telemetry::install_metrics(),
-            shutdown,
-        )
-        .await
-        .err()
-        .expect("refused");
+        let err = start_refused(cfg).await;
         let msg = err.to_string();
         assert!(
             msg.contains("AUTH_JWT_SECRET") && msg.contains(says),

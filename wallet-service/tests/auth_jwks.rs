@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shared::auth::signing::SigningKey;
 use sqlx::PgPool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wallet_service::config::AuthConfig;
 
 fn now() -> u64 {
@@ -56,26 +56,12 @@ async fn read(app: &TestApp, token: &str) -> (StatusCode, Value, Option<String>)
 
 /// Polls `read` with `token` until it answers `want`, for at most 30 s.
 async fn until_status(app: &TestApp, token: &str, want: StatusCode) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body, _) = read(app, token).await;
-        if status == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {status} {body} after 30 s, waiting for {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn read_without_token(app: &TestApp) -> reqwest::Response {
-    app.http
-        .get(format!("{}/v1/wallets/{}", app.url, uuid::Uuid::new_v4()))
-        .send()
-        .await
-        .unwrap()
+    eventually(
+        &format!("{want} for the token"),
+        Duration::from_secs(30),
+        || async { (read(app, token).await.0 == want).then_some(()) },
+    )
+    .await
 }
 
 async fn readyz(app: &TestApp) -> (StatusCode, Value) {
@@ -90,15 +76,12 @@ async fn readyz(app: &TestApp) -> (StatusCode, Value) {
 
 /// Polls `/readyz` until it answers `want` (its answer is cached for a second).
 async fn until_ready(app: &TestApp, want: StatusCode) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = readyz(app).await;
-        if status == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "/readyz still {status} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("/readyz {want}"),
+        Duration::from_secs(30),
+        || async { (readyz(app).await.0 == want).then_some(()) },
+    )
+    .await
 }
 
 async fn own_idp() -> TestIdp {
@@ -200,7 +183,9 @@ async fn every_bad_token_gets_the_same_401(pool: PgPool) {
         }
     }
     // No token at all: the same challenge.
-    let r = read_without_token(&app).await;
+    let r = app
+        .get_anonymous(&format!("/v1/wallets/{}", uuid::Uuid::new_v4()))
+        .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.headers()["www-authenticate"],
@@ -299,7 +284,9 @@ async fn a_provider_down_at_start_makes_the_service_unready_until_it_comes_up(po
         "{body}"
     );
     // Even without a token: nothing can be verified yet.
-    let r = read_without_token(&app).await;
+    let r = app
+        .get_anonymous(&format!("/v1/wallets/{}", uuid::Uuid::new_v4()))
+        .await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let (status, ready) = readyz(&app).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
@@ -411,17 +398,7 @@ async fn sign_in_settings_that_cannot_work_stop_the_service_before_it_starts() {
         let mut cfg = serve_config(&Opts::default());
         cfg.auth = auth;
         // Never connected: sign-in is checked before the database is touched.
-        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
-        let (_trigger, shutdown) = shared::shutdown::channel();
-        let err = wallet_service::app::start_with_pool(
-            cfg,
-            pool,
-            shared::telemetry::install_metrics(),
-            shutdown,
-        )
-        .await
-        .err()
-        .expect("refused");
+        let err = start_refused(cfg).await;
         assert!(err.to_string().contains(says), "{err}");
     }
 }

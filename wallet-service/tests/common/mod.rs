@@ -288,6 +288,15 @@ impl TestApp {
         req.send().await.expect("request sent")
     }
 
+    /// A GET without any `Authorization` header.
+    pub async fn get_anonymous(&self, path: &str) -> Response {
+        self.http
+            .get(format!("{}{}", self.url, path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Response {
         self.http
             .get(format!("{}{}", self.url, path))
@@ -435,6 +444,17 @@ where
             "timed out after {deadline:?} waiting for {what}"
         );
     }
+}
+
+/// Starts the service with `cfg`, expecting it to refuse before it touches the database
+/// (which is never reachable here); returns why it refused.
+pub async fn start_refused(cfg: ServeConfig) -> anyhow::Error {
+    let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+    let (_trigger, shutdown) = shared::shutdown::channel();
+    wallet_service::app::start_with_pool(cfg, pool, shared::telemetry::install_metrics(), shutdown)
+        .await
+        .err()
+        .expect("refused")
 }
 
 /// Per wallet: deposits = available + held + captured, from the ledger and the balances.
