@@ -21,7 +21,12 @@ pub struct Args {
     /// Open loop: offered payment rate, payments per second, held for --duration. Each
     /// payment is scheduled at its intended start time and its latency is measured from
     /// that time, so a slow system cannot slow the generator down.
-    #[arg(long, default_value_t = 50.0, value_parser = parse_rate, conflicts_with_all = ["ramp", "closed"])]
+    #[arg(
+        long,
+        default_value_t = 50.0,
+        value_parser = parse_rate,
+        conflicts_with_all = ["ramp", "closed"],
+    )]
     pub rate: f64,
 
     /// Length of the load phase (open loop and closed loop): e.g. 30s, 2m, 1m30s, 500ms.
@@ -32,6 +37,28 @@ pub struct Args {
     /// RATE:DURATION steps, comma-separated, e.g. 50:10s,100:10s,200:10s.
     #[arg(long, value_parser = parse_ramp, conflicts_with = "closed")]
     pub ramp: Option<Ramp>,
+
+    /// Find the capacity instead of one run: one open-loop run per offered rate
+    /// (comma-separated, ascending, e.g. 50,100,150), each --step-duration long, until a
+    /// step does not hold (see docs/LOADTEST.md, "scripts/bench"). Writes each step's
+    /// report under REPORT_DIR/step-RATE/ and the ramp to REPORT_DIR/capacity.json, and
+    /// prints the ramp as Markdown.
+    #[arg(long, value_name = "RATES", value_parser = parse_rates,
+          conflicts_with_all = ["rate", "duration", "ramp", "closed", "target_rate", "target_p99_ms"])]
+    pub capacity: Option<Rates>,
+
+    /// Length of each --capacity step.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub step_duration: Duration,
+
+    /// Print the summary of a report an earlier run wrote (its JSON) and exit: 0 if that
+    /// run passed, 1 if not.
+    #[arg(long, value_name = "FILE")]
+    pub show: Option<PathBuf>,
+
+    /// With --show: the headline figures as a Markdown table instead of the summary.
+    #[arg(long, requires = "show")]
+    pub markdown: bool,
 
     /// Closed loop: N workers, each sending its next payment as soon as the last one
     /// was answered (measures the maximum throughput; latency is then from the actual send).
@@ -116,7 +143,11 @@ pub struct Args {
 
     /// Most requests outstanding at once (open loop). When reached, new payments wait for
     /// a slot; their latency still counts from their intended start.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(
+        long,
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+    )]
     pub max_in_flight: u32,
 
     /// Concurrent requests while creating and funding wallets and while checking.
@@ -167,6 +198,10 @@ pub struct Args {
     #[arg(long, env = "AUTH_AUDIENCE", hide = true)]
     pub auth_audience: Option<String>,
 }
+
+/// A parsed `--capacity`: offered rates, ascending.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rates(pub Vec<f64>);
 
 /// A parsed `--ramp`.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +356,22 @@ pub fn parse_ramp(s: &str) -> Result<Ramp, String> {
     Ok(Ramp(steps))
 }
 
+/// `RATE[,RATE...]`, strictly ascending positive rates, e.g. `50,100,150`.
+pub fn parse_rates(s: &str) -> Result<Rates, String> {
+    let mut rates: Vec<f64> = Vec::new();
+    for part in s.split(',') {
+        let rate = parse_rate(part)?;
+        if rates.last().is_some_and(|&last| rate <= last) {
+            return Err(format!("`{s}`: the rates must be ascending"));
+        }
+        rates.push(rate);
+    }
+    if rates.len() > 100 {
+        return Err("at most 100 capacity steps".into());
+    }
+    Ok(Rates(rates))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +392,19 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn capacity_rates() {
+        assert_eq!(
+            parse_rates("50, 100,150").unwrap(),
+            Rates(vec![50.0, 100.0, 150.0])
+        );
+        assert!(parse_rates("100,50").unwrap_err().contains("ascending"));
+        assert!(parse_rates("50,50").is_err());
+        assert!(parse_rates("0,50").is_err());
+        assert!(parse_rates("50,x").is_err());
+        assert!(parse_rates("").is_err());
     }
 
     #[test]
