@@ -32,20 +32,35 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:8090")]
     pub gateway_url: String,
     /// Timeout of one gateway call.
-    #[arg(long = "gateway-timeout-ms", env = "GATEWAY_TIMEOUT_MS", default_value = "2000", value_parser = parse_ms)]
+    #[arg(
+        long = "gateway-timeout-ms",
+        env = "GATEWAY_TIMEOUT_MS",
+        default_value = "2000",
+        value_parser = parse_ms,
+    )]
     pub gateway_timeout: Duration,
     /// Gateway calls per payment before asking the gateway what happened.
     #[arg(long, env = "GATEWAY_ATTEMPTS", default_value_t = 5)]
     pub gateway_attempts: u32,
     /// First retry delay; doubles per attempt, with jitter.
-    #[arg(long = "gateway-backoff-ms", env = "GATEWAY_BACKOFF_MS", default_value = "100", value_parser = parse_ms)]
+    #[arg(
+        long = "gateway-backoff-ms",
+        env = "GATEWAY_BACKOFF_MS",
+        default_value = "100",
+        value_parser = parse_ms,
+    )]
     pub gateway_backoff: Duration,
     /// Messages processed at once (also the RabbitMQ prefetch).
     #[arg(long, env = "PROCESSOR_CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
     /// How long SIGTERM waits for in-flight messages before giving up on them (they are
     /// redelivered, never lost).
-    #[arg(long = "drain-timeout-ms", env = "DRAIN_TIMEOUT_MS", default_value = "20000", value_parser = parse_ms)]
+    #[arg(
+        long = "drain-timeout-ms",
+        env = "DRAIN_TIMEOUT_MS",
+        default_value = "20000",
+        value_parser = parse_ms,
+    )]
     pub drain_timeout: Duration,
     /// Prefix for broker object names (tests use it to get a private topology).
     #[arg(long, env = "BROKER_PREFIX", default_value = "")]

@@ -279,7 +279,8 @@ impl Processor {
                 Ok(_) => {
                     metrics::histogram!("results_publish_duration_seconds")
                         .record(start.elapsed().as_secs_f64());
-                    metrics::counter!("results_published_total", "outcome" => result.outcome.as_str()).increment(1);
+                    let outcome = result.outcome.as_str();
+                    metrics::counter!("results_published_total", "outcome" => outcome).increment(1);
                     return;
                 }
                 Err((e, _)) => {

@@ -177,8 +177,12 @@ impl GatewayClient {
                 status => ("http_error", Err(format!("gateway answered {status}"))),
             },
         };
-        metrics::histogram!("gateway_request_duration_seconds", "operation" => "charge", "result" => result)
-            .record(start.elapsed().as_secs_f64());
+        metrics::histogram!(
+            "gateway_request_duration_seconds",
+            "operation" => "charge",
+            "result" => result
+        )
+        .record(start.elapsed().as_secs_f64());
         attempt
     }
 
@@ -191,8 +195,12 @@ impl GatewayClient {
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        metrics::histogram!("gateway_request_duration_seconds", "operation" => "void", "result" => r.status().as_u16().to_string())
-            .record(start.elapsed().as_secs_f64());
+        metrics::histogram!(
+            "gateway_request_duration_seconds",
+            "operation" => "void",
+            "result" => r.status().as_u16().to_string()
+        )
+        .record(start.elapsed().as_secs_f64());
         match r.status().as_u16() {
             200 => r
                 .json::<ChargeReply>()

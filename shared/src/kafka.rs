@@ -44,8 +44,12 @@ impl ClientContext for LagContext {
             for (partition, p) in &t.partitions {
                 // -1 means unknown (no committed offset yet or not assigned here).
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!("kafka_consumer_lag_messages", "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
+                    metrics::gauge!(
+                        "kafka_consumer_lag_messages",
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(p.consumer_lag as f64);
                 }
             }
         }

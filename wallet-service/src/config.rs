@@ -57,17 +57,37 @@ pub struct AuthConfig {
     pub admin_scope: String,
     /// Longest lifetime (`exp - iat`) of an accepted token, in seconds; tokens without `iat`
     /// are refused, and `token --ttl` may not exceed it.
-    #[arg(long, env = "AUTH_MAX_TOKEN_LIFETIME_SECS", default_value_t = shared::auth::DEFAULT_MAX_LIFETIME_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        env = "AUTH_MAX_TOKEN_LIFETIME_SECS",
+        default_value_t = shared::auth::DEFAULT_MAX_LIFETIME_SECS,
+        value_parser = clap::value_parser!(u64).range(1..),
+    )]
     pub max_token_lifetime_secs: u64,
     /// Refetch the JWKS this often, in seconds.
-    #[arg(long, env = "AUTH_JWKS_REFRESH_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        env = "AUTH_JWKS_REFRESH_SECS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..),
+    )]
     pub jwks_refresh_secs: u64,
     /// A token naming an unknown `kid` refetches the JWKS at most once per this many seconds.
-    #[arg(long, env = "AUTH_JWKS_MIN_REFRESH_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        env = "AUTH_JWKS_MIN_REFRESH_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..),
+    )]
     pub jwks_min_refresh_secs: u64,
     /// Accept a plain-http AUTH_JWKS_URL for a host other than loopback (a private
     /// development network, such as the compose file's); otherwise it must be https.
-    #[arg(long, env = "AUTH_JWKS_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(
+        long,
+        env = "AUTH_JWKS_ALLOW_HTTP",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+    )]
     pub jwks_allow_http: bool,
 }
 
@@ -165,14 +185,24 @@ pub struct DbConfig {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 32)]
     pub db_max_connections: u32,
     /// How long a request waits for a connection before answering 503.
-    #[arg(long = "db-acquire-timeout-ms", env = "DB_ACQUIRE_TIMEOUT_MS", default_value = "3000", value_parser = parse_duration_ms)]
+    #[arg(
+        long = "db-acquire-timeout-ms",
+        env = "DB_ACQUIRE_TIMEOUT_MS",
+        default_value = "3000",
+        value_parser = parse_duration_ms,
+    )]
     pub db_acquire_timeout: Duration,
     /// Longest a statement may run (PostgreSQL's `statement_timeout`). Lock waits end at
     /// three fifths of it ([`DbConfig::lock_timeout`]), so a statement stuck behind a lock
     /// reports the lock. `serve` refuses to start unless waiting for a connection and then
     /// for one statement fits in `REQUEST_TIMEOUT_MS`: a request that times out never
     /// leaves its statement running.
-    #[arg(long = "db-statement-timeout-ms", env = "DB_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_duration_ms)]
+    #[arg(
+        long = "db-statement-timeout-ms",
+        env = "DB_STATEMENT_TIMEOUT_MS",
+        default_value = "5000",
+        value_parser = parse_duration_ms,
+    )]
     pub db_statement_timeout: Duration,
 }
 
@@ -215,7 +245,12 @@ pub struct DispatcherConfig {
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 200)]
     pub outbox_batch_size: i64,
     /// Fallback poll interval when no notification arrives.
-    #[arg(long = "outbox-poll-interval-ms", env = "OUTBOX_POLL_INTERVAL_MS", default_value = "1000", value_parser = parse_duration_ms)]
+    #[arg(
+        long = "outbox-poll-interval-ms",
+        env = "OUTBOX_POLL_INTERVAL_MS",
+        default_value = "1000",
+        value_parser = parse_duration_ms,
+    )]
     pub outbox_poll_interval: Duration,
     /// How long published outbox rows are kept before they are pruned.
     #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 86_400)]
@@ -226,7 +261,12 @@ pub struct DispatcherConfig {
     #[arg(long, env = "INBOX_RETENTION_SECS", default_value_t = 604_800)]
     pub inbox_retention_secs: i64,
     /// Time between two pruning passes.
-    #[arg(long = "prune-interval-ms", env = "PRUNE_INTERVAL_MS", default_value = "10000", value_parser = parse_duration_ms)]
+    #[arg(
+        long = "prune-interval-ms",
+        env = "PRUNE_INTERVAL_MS",
+        default_value = "10000",
+        value_parser = parse_duration_ms,
+    )]
     pub prune_interval: Duration,
 }
 
@@ -251,7 +291,12 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub auth: AuthConfig,
     /// A request still running after this long answers 503.
-    #[arg(long = "request-timeout-ms", env = "REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = parse_duration_ms)]
+    #[arg(
+        long = "request-timeout-ms",
+        env = "REQUEST_TIMEOUT_MS",
+        default_value = "10000",
+        value_parser = parse_duration_ms,
+    )]
     pub request_timeout: Duration,
     /// Kafka consumer group of the result consumer.
     #[arg(long, env = "RESULTS_CONSUMER_GROUP", default_value = "wallet-service")]
@@ -281,7 +326,12 @@ pub struct ServeConfig {
     pub reconcile_max_redrives: i32,
     /// Large-payment alert thresholds in minor units, `CUR=AMOUNT` pairs, `*` for every
     /// other currency (e.g. `EUR=500000,*=1000000`); empty disables alerts.
-    #[arg(long, env = "ALERT_THRESHOLDS", default_value = "*=1000000", value_parser = crate::alerts::AlertThresholds::parse)]
+    #[arg(
+        long,
+        env = "ALERT_THRESHOLDS",
+        default_value = "*=1000000",
+        value_parser = crate::alerts::AlertThresholds::parse,
+    )]
     pub alert_thresholds: crate::alerts::AlertThresholds,
     /// Run the result consumer inside this process.
     #[arg(long, env = "RUN_FINALIZER", default_value_t = true, action = clap::ArgAction::Set)]

@@ -350,7 +350,12 @@ impl Finalizer {
 
         for (r, status, pending_for) in &finalized {
             let reason = r.failure_reason.map(|f| f.as_str()).unwrap_or("");
-            metrics::counter!("payments_finalized_total", "outcome" => status.as_str(), "reason" => reason).increment(1);
+            metrics::counter!(
+                "payments_finalized_total",
+                "outcome" => status.as_str(),
+                "reason" => reason
+            )
+            .increment(1);
             metrics::histogram!("payment_finalization_seconds")
                 .record(pending_for.to_std().unwrap_or_default().as_secs_f64());
             tracing::info!(payment_id = %r.payment_id, %status, reason, "payment finalized");

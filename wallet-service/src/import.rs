@@ -63,9 +63,16 @@ pub enum ImportError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{} bad line(s), nothing imported:\n  {}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    #[error(
+        "{} bad line(s), nothing imported:\n  {}",
+        .0.len(),
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  ")
+    )]
     Invalid(Vec<BadLine>),
-    #[error("{bad}; nothing of that line's batch was written ({done} earlier records are in; re-running the fixed file skips them)")]
+    #[error(
+        "{bad}; nothing of that line's batch was written ({done} earlier records are in; \
+         re-running the fixed file skips them)"
+    )]
     Refused { bad: BadLine, done: usize },
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),

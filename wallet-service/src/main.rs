@@ -149,7 +149,10 @@ async fn main() -> anyhow::Result<()> {
                     done,
                     "payment {id} is not pending and flagged for attention"
                 );
-                println!("payment {id}: re-drive budget reset; the reconciler sends it again at its next pass");
+                println!(
+                    "payment {id}: re-drive budget reset; \
+                     the reconciler sends it again at its next pass"
+                );
             } else if let Some(id) = resolve {
                 let done = wallet_service::review::resolve_conflict(&pool, id).await?;
                 anyhow::ensure!(done, "no open conflict for event {id}");

@@ -173,10 +173,13 @@ impl Reconciler {
             );
             redriven.push(o.id);
         }
-        sqlx::query("UPDATE payments SET redrive_count = redrive_count + 1, last_redrive_at = now() WHERE id = ANY($1)")
-            .bind(&redriven)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE payments SET redrive_count = redrive_count + 1, last_redrive_at = now() \
+             WHERE id = ANY($1)",
+        )
+        .bind(&redriven)
+        .execute(&mut *tx)
+        .await?;
         let flagged: Vec<Uuid> = exhausted.iter().map(|o| o.id).collect();
         if !flagged.is_empty() {
             sqlx::query("UPDATE payments SET attention_since = now() WHERE id = ANY($1)")

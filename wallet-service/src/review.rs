@@ -97,7 +97,16 @@ pub async fn report(pool: &PgPool, limit: i64) -> Result<String, sqlx::Error> {
         let _ = writeln!(
             out,
             "  payment {} wallet {} {} {} merchant {} accepted {} re-driven {}x, flagged {}\n    ask the gateway for charge key {}; then `wallet-service review --redrive {}` once it answers",
-            p.id, p.wallet_id, p.amount, p.currency, p.merchant_id, p.created_at, p.redrive_count, p.attention_since, p.id, p.id
+            p.id,
+            p.wallet_id,
+            p.amount,
+            p.currency,
+            p.merchant_id,
+            p.created_at,
+            p.redrive_count,
+            p.attention_since,
+            p.id,
+            p.id
         );
     }
     let _ = writeln!(

@@ -22,7 +22,10 @@ pub enum TokenSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenRequestError {
-    #[error("no way to get tokens: set IDP_URL (the local identity provider) or AUTH_JWT_SECRET (HS256), as `source .run/env` does")]
+    #[error(
+        "no way to get tokens: set IDP_URL (the local identity provider) or \
+         AUTH_JWT_SECRET (HS256), as `source .run/env` does"
+    )]
     NotConfigured,
     #[error("the identity provider at {url} did not answer: {source}")]
     Unreachable {

@@ -40,7 +40,10 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("the request did not complete within {0} ms; retry later")]
     Timeout(u128),
-    #[error("sign-in is not available yet: the identity provider's keys have not been fetched; retry later")]
+    #[error(
+        "sign-in is not available yet: the identity provider's keys have not been fetched; \
+         retry later"
+    )]
     SignInUnavailable,
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] sqlx::Error),
@@ -151,7 +154,10 @@ impl ApiError {
             other => other.to_string(),
         };
         json!({
-            "type": format!("https://docs.wallet.example/problems/{}", self.code().replace('_', "-")),
+            "type": format!(
+                "https://docs.wallet.example/problems/{}",
+                self.code().replace('_', "-")
+            ),
             "title": self.title(),
             "status": self.status().as_u16(),
             "detail": detail,

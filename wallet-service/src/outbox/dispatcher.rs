@@ -100,7 +100,10 @@ impl Dispatcher {
                     match reason {
                         Ok(()) => break,
                         Err(e) => {
-                            tracing::warn!(error = %e, "outbox dispatcher lost RabbitMQ; reconnecting")
+                            tracing::warn!(
+                                error = %e,
+                                "outbox dispatcher lost RabbitMQ; reconnecting"
+                            )
                         }
                     }
                 }

@@ -206,7 +206,8 @@ impl EventRelay {
                 match delivery.await {
                     Ok(Ok(_)) if failed > 0 => {}
                     Ok(Ok(_)) => {
-                        metrics::counter!("events_published_total", "topic" => self.topic(channel).to_owned()).increment(1);
+                        let topic = self.topic(channel).to_owned();
+                        metrics::counter!("events_published_total", "topic" => topic).increment(1);
                         tracing::debug!(event_id = %id, event_type, "event published");
                         published.push(id);
                     }
