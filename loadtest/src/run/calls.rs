@@ -180,34 +180,40 @@ impl Ctx {
     /// Sends the same request under the same key again: the answer must be the first one.
     async fn replay(&self, key: &str, token: &str, body: &Value, first: &Reply) {
         let t = Instant::now();
-        let again = self.api.post("/v1/payments", token, key, body).await;
+        let (again, _) = with_retries(self.args.attempts, || {
+            self.api.post("/v1/payments", token, key, body)
+        })
+        .await;
         let d = t.elapsed();
+        // A replay that never got a definitive answer (connection lost, 429 or 503 after
+        // every attempt) says nothing about idempotency: an error of the run, not a mismatch.
         let problem = match &again {
-            Err(e) => Some(format!("{key}: replay got no answer ({})", e.describe())),
-            Ok(r) if r.status != first.status => Some(format!(
+            Err(e) => Err(e.describe()),
+            Ok(r) if r.transient() => Err(r.describe()),
+            Ok(r) if r.status != first.status => Ok(Some(format!(
                 "{key}: replay status {} differs from first {}",
                 r.status, first.status
-            )),
-            Ok(r) if r.body != first.body => Some(format!(
+            ))),
+            Ok(r) if r.body != first.body => Ok(Some(format!(
                 "{key}: replay body differs: first {} then {}",
                 first.body, r.body
-            )),
-            Ok(r) if !r.replayed => {
-                Some(format!("{key}: replay without Idempotent-Replayed: true"))
-            }
-            Ok(_) => None,
+            ))),
+            Ok(r) if !r.replayed => Ok(Some(format!(
+                "{key}: replay without Idempotent-Replayed: true"
+            ))),
+            Ok(_) => Ok(None),
         };
         {
             let mut rec = lock(&self.rec);
             rec.latency("replay", d);
-            if problem.is_some() {
-                let what = match &again {
-                    Err(e) => e.describe(),
-                    Ok(_) => "mismatch".into(),
-                };
-                rec.error(format!("replay {what}"), self.since_start(Instant::now()));
+            let at = self.since_start(Instant::now());
+            match &problem {
+                Err(why) => rec.error(format!("replay unanswered: {why}"), at),
+                Ok(Some(_)) => rec.error("replay mismatch".into(), at),
+                Ok(None) => {}
             }
         }
+        let Ok(problem) = problem else { return };
         let mut replays = lock(&self.replays);
         replays.checked += 1;
         if let Some(p) = problem {
