@@ -1,6 +1,6 @@
 //! The rate limiter's memory stays bounded under a flood of distinct principals, measured as
-//! the process's resident set (`/proc/self/statm`). A file of its own, so that this process
-//! runs nothing else while it is measured. No infrastructure needed.
+//! the process's resident set (`/proc/self/statm`). A test binary of its own, not a module of
+//! `it`, so that this process runs nothing else while it is measured. No infrastructure needed.
 
 use std::time::{Duration, Instant};
 use wallet_service::http::rate_limit::{RateLimiter, MAX_PRINCIPALS};

@@ -1,8 +1,12 @@
-//! Request ids in answers and logs. A binary of its own: it captures the service's logs
-//! with a subscriber set for this test's thread, and tracing decides per callsite, for the
-//! whole process, whether a span is wanted; another test running at the same moment with no
-//! subscriber can make that decision first, and the request span would go missing here.
+//! Request ids in answers and logs. A binary of its own, not a module of `it`: it captures
+//! the service's logs with a subscriber set for this test's thread, and tracing decides per
+//! callsite, for the whole process, whether a span is wanted; another test running at the
+//! same moment with no subscriber can make that decision first, and the request span would
+//! go missing here.
 
+// The `it` binary's harness; this binary uses only a few of its helpers (and re-exports).
+#[path = "it/common/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod common;
 
 use common::*;

@@ -236,7 +236,7 @@ pub struct ListFilter {
 }
 
 /// The list query with only the predicates in use, so the planner picks the index that
-/// fits them (see `tests/read_side.rs` for the plans).
+/// fits them (see `tests/it/read_side/lists.rs` for the plans).
 fn list_query<'a>(head: &str, f: &'a ListFilter) -> QueryBuilder<'a, Postgres> {
     let mut q = QueryBuilder::new(head);
     q.push(format_args!(

@@ -2,9 +2,7 @@
 //! `AUTH_MAX_TOKEN_LIFETIME_SECS` set: every refused token gets the very same 401 problem,
 //! whichever check failed, and a weak secret stops the service before it starts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -93,7 +91,7 @@ async fn every_refused_token_gets_the_same_401(pool: PgPool) {
                 &json!({"sub": "alice", "iat": t, "exp": t + 60, "iss": ISSUER, "aud": AUDIENCE}),
             ),
         ),
-        ("from the identity provider", common::token("alice")),
+        ("from the identity provider", crate::common::token("alice")),
         ("garbage", "not.a.jwt".to_owned()),
     ];
     let mut first: Option<Value> = None;

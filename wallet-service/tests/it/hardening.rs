@@ -2,12 +2,10 @@
 //! result the database refuses, a gateway that answers a status nobody knows, a gateway
 //! outage with many payments pending. Real PostgreSQL, RabbitMQ and Kafka broker.
 
-mod common;
-
+use crate::common::pipeline::*;
+use crate::common::*;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use common::pipeline::*;
-use common::*;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -7,7 +7,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use sqlx::PgPool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{amqp_url, kafka_brokers};
 
@@ -121,4 +121,66 @@ pub async fn send_result(producer: &FutureProducer, topic: &str, key: &str, payl
         )
         .await
         .expect("delivered");
+}
+
+/// Every message on `topics` (all partitions, from the beginning up to the high watermark
+/// taken now), as (key, payload, partition).
+pub async fn read_topics(topics: &[&str]) -> Vec<(String, Value, i32)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = shared::topology::kafka_config(&kafka_brokers())
+            .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut remaining = 0;
+        let mut ends = std::collections::HashMap::new();
+        for topic in &topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .unwrap();
+            for p in md.topics()[0].partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .unwrap();
+                if high > low {
+                    tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(low))
+                        .unwrap();
+                    ends.insert((topic.clone(), p.id()), high);
+                    remaining += high - low;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if remaining == 0 {
+            return out;
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (out.len() as i64) < remaining {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {remaining} messages",
+                out.len()
+            );
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            if m.offset() >= ends[&(m.topic().to_owned(), m.partition())] {
+                continue;
+            }
+            out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                serde_json::from_slice(m.payload().unwrap_or_default()).unwrap(),
+                m.partition(),
+            ));
+        }
+        out
+    })
+    .await
+    .unwrap()
 }

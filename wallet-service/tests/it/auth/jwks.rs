@@ -3,9 +3,7 @@
 //! with `WWW-Authenticate: Bearer error="invalid_token"`; a provider that cannot be reached
 //! before the keys were ever fetched makes the service unready and answer 503, not 401.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use local_idp::JwksAnswer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -5,8 +5,6 @@
 //! Needs `WALLET_URL`, `GATEWAY_URL`, `DATABASE_URL` and the sign-in settings (`IDP_URL`, or
 //! `AUTH_JWT_SECRET`) from `.run/env`.
 
-mod common;
-
 use futures_util::stream::{self, StreamExt};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -197,7 +195,7 @@ async fn many_payments_through_all_processes_conserve_money() {
 
     // Wait for every accepted payment to be final.
     let start = Instant::now();
-    common::eventually(
+    crate::common::eventually(
         "every accepted payment final",
         Duration::from_secs(120),
         || async {

@@ -1,0 +1,231 @@
+//! The downstream events (`payment.events`, `payment.alerts`): one event per fact, through
+//! relays that crash and run side by side, and duplicate results.
+
+use super::DEADLINE;
+use crate::common::pipeline::*;
+use crate::common::*;
+use rdkafka::producer::FutureProducer;
+use reqwest::StatusCode;
+use serde_json::Value;
+use shared::events::PaymentResult;
+use shared::ids::{EventId, PaymentId};
+use shared::status::{FailureReason, Outcome};
+use shared::topology::KafkaTopics;
+use sqlx::PgPool;
+
+/// Payments of 600.00 EUR reach the test alert threshold (`ALERT_THRESHOLDS` = EUR=50000).
+const LARGE: i64 = 60_000;
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn every_fact_yields_one_event_through_relay_crashes_and_duplicate_results(pool: PgPool) {
+    let gw = gateway(0).await;
+    // The API and the result consumer in one instance; the relays in others, which crash.
+    let api = spawn(
+        pool.clone(),
+        Opts {
+            finalizer: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let prefix = api.prefix.clone();
+    let relay = || {
+        spawn(
+            pool.clone(),
+            Opts {
+                dispatcher: true,
+                prefix: prefix.clone(),
+                ..Default::default()
+            },
+        )
+    };
+    let proc = processor(&prefix, &gw.url("")).await;
+    let topics = KafkaTopics::with_prefix(&prefix);
+
+    let owners = ["alice", "bob", "carol"];
+    let mut wallets = Vec::new();
+    for owner in owners {
+        let w = api.create_wallet(owner, "EUR").await;
+        api.deposit(&w, 1_000_000, "EUR").await;
+        api.deposit(&w, 500_000, "EUR").await;
+        wallets.push((owner, w));
+    }
+    let mut accepted = Vec::new();
+    // Three rounds of traffic; the relay crashes (abruptly, batches in flight) after each.
+    let r = relay().await;
+    traffic(&api, &wallets, &mut accepted, 0).await;
+    r.crash();
+    // Two relays at once for a round: they must not publish an event twice.
+    let (r1, r2) = (relay().await, relay().await);
+    traffic(&api, &wallets, &mut accepted, 1).await;
+    r1.crash();
+    r2.crash();
+    let r = relay().await;
+    traffic(&api, &wallets, &mut accepted, 2).await;
+    r.crash();
+    let last = relay().await;
+
+    // Duplicate and conflicting results for payments already final change nothing.
+    let (owner, first) = &accepted[2];
+    api.final_status(owner, first, DEADLINE).await;
+    let pid: PaymentId = first.parse().unwrap();
+    let producer: FutureProducer = shared::kafka::producer(&kafka_brokers()).unwrap();
+    let mut injected = Vec::new();
+    for outcome in [Outcome::Succeeded, Outcome::Failed, Outcome::Succeeded] {
+        let reason = (outcome == Outcome::Failed).then_some(FailureReason::Declined);
+        let r = PaymentResult::new(EventId::new(), pid, outcome, reason, None);
+        injected.push(r.event_id.0);
+        send_result(
+            &producer,
+            &topics.results,
+            first,
+            &serde_json::to_vec(&r).unwrap(),
+        )
+        .await;
+    }
+    for (owner, id) in &accepted {
+        api.final_status(owner, id, DEADLINE).await;
+    }
+    eventually("duplicate results consumed", DEADLINE, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM processed_events WHERE event_id = ANY($1) AND NOT applied",
+        )
+        .bind(&injected)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n == 3).then_some(())
+    })
+    .await;
+
+    // A crash after Kafka acknowledged but before the row was marked: the same events again.
+    sqlx::query(
+        "UPDATE outbox SET published_at = NULL WHERE id IN (
+            SELECT id FROM outbox WHERE channel <> 'payments' ORDER BY seq LIMIT 4)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_notify('outbox_events', '')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually("every event relayed", DEADLINE, || async {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE channel <> 'payments' AND published_at IS NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+
+    let messages = read_topics(&[&topics.events, &topics.alerts]).await;
+    // Copies of one event are identical and keyed by their wallet.
+    let mut by_event: std::collections::HashMap<String, Value> = Default::default();
+    for (key, event, _) in &messages {
+        assert_eq!(key, event["wallet_id"].as_str().unwrap(), "key = wallet id");
+        assert_eq!(event["version"], 1);
+        let id = event["event_id"].as_str().unwrap().to_owned();
+        if let Some(before) = by_event.insert(id, event.clone()) {
+            assert_eq!(&before, event, "a redelivered event changed");
+        }
+    }
+    assert!(
+        messages.len() >= by_event.len() + 4,
+        "the four unmarked events were sent again ({} messages, {} events)",
+        messages.len(),
+        by_event.len()
+    );
+    let facts = |ty: &str, field: &str| {
+        let mut per_fact: std::collections::HashMap<String, usize> = Default::default();
+        for e in by_event.values().filter(|e| e["type"] == ty) {
+            *per_fact
+                .entry(e[field]["id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        per_fact
+    };
+    let finalized = facts("payment.finalized", "payment");
+    let deposited = facts("wallet.deposited", "deposit");
+    let alerts = facts("payment.alert", "payment");
+    assert!(
+        finalized
+            .values()
+            .chain(deposited.values())
+            .chain(alerts.values())
+            .all(|&n| n == 1),
+        "one event id per fact"
+    );
+
+    let final_payments: Vec<(uuid::Uuid, String, i64)> =
+        sqlx::query_as("SELECT id, status, amount FROM payments WHERE status <> 'pending'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(final_payments.len(), accepted.len());
+    assert_eq!(
+        finalized.len(),
+        final_payments.len(),
+        "one payment.finalized per final payment"
+    );
+    for (id, status, _) in &final_payments {
+        let e = by_event
+            .values()
+            .find(|e| e["type"] == "payment.finalized" && e["payment"]["id"] == id.to_string())
+            .unwrap_or_else(|| panic!("no payment.finalized for {id}"));
+        assert_eq!(&e["payment"]["status"], status);
+    }
+    let large: std::collections::HashSet<String> = final_payments
+        .iter()
+        .filter(|(_, _, amount)| *amount >= LARGE)
+        .map(|(id, _, _)| id.to_string())
+        .collect();
+    assert_eq!(large.len(), 9);
+    assert_eq!(
+        alerts
+            .keys()
+            .cloned()
+            .collect::<std::collections::HashSet<_>>(),
+        large
+    );
+    let deposit_ids: Vec<(uuid::Uuid,)> =
+        sqlx::query_as("SELECT id FROM ledger_entries WHERE kind = 'deposit'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(deposit_ids.len(), 6);
+    for (id,) in deposit_ids {
+        assert!(
+            deposited.contains_key(&id.to_string()),
+            "no wallet.deposited for {id}"
+        );
+    }
+    assert_eq!(deposited.len(), 6);
+    assert_money_conserved(&pool).await;
+
+    last.stop().await;
+    proc.stop().await;
+    api.stop().await;
+}
+
+/// Fifteen payments across the wallets: a third large, a fifth declined.
+async fn traffic(
+    api: &TestApp,
+    wallets: &[(&str, String)],
+    accepted: &mut Vec<(String, String)>,
+    round: i64,
+) {
+    for i in 0..15 {
+        let (owner, wallet) = &wallets[(i % 3) as usize];
+        let (amount, merchant) = match i % 5 {
+            0 => (LARGE, "shop"),
+            1 => (700, "test_decline"),
+            _ => (1_000 + round * 100 + i, "shop"),
+        };
+        let (status, id) = api.pay_id(owner, wallet, amount, merchant).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        accepted.push((owner.to_string(), id));
+    }
+}

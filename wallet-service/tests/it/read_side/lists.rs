@@ -1,0 +1,271 @@
+//! Lists: time, status and kind filters, cursors that stay stable while rows arrive, and
+//! the indexes behind the read queries, by their plans.
+
+use super::{accepted, all_entries, finalize, rfc3339};
+use crate::common::*;
+use chrono::Utc;
+use reqwest::StatusCode;
+use serde_json::Value;
+use shared::status::Outcome;
+use sqlx::PgPool;
+use std::collections::HashSet;
+use wallet_service::store::ledger::{EntryKind, PageFilter};
+use wallet_service::store::payments::ListFilter;
+use wallet_service::store::window::Window;
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn filters_narrow_lists_and_cursors_stay_stable_while_rows_arrive(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 1_000_000, "EUR").await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(accepted(&app, "alice", &wallet, 100 + i).await);
+    }
+    let mid = Utc::now();
+    for i in 0..4 {
+        ids.push(accepted(&app, "alice", &wallet, 200 + i).await);
+    }
+    for id in &ids[..3] {
+        finalize(&pool, id, Outcome::Succeeded).await;
+    }
+    finalize(&pool, &ids[9], Outcome::Failed).await;
+
+    let list = |query: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .get(&format!("/v1/payments?{query}"), &token("alice"))
+                .await;
+            assert_eq!(r.status(), StatusCode::OK, "{query}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let ids_of = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let succeeded = list("status=succeeded&limit=100".into()).await;
+    assert_eq!(ids_of(&succeeded).len(), 3);
+    let early = list(format!("to={}&limit=100", rfc3339(mid))).await;
+    assert_eq!(
+        ids_of(&early).into_iter().collect::<HashSet<_>>(),
+        ids[..8].iter().cloned().collect()
+    );
+    let late_failed = list(format!("from={}&status=failed", rfc3339(mid))).await;
+    assert_eq!(ids_of(&late_failed), vec![ids[9].clone()]);
+
+    let holds = all_entries(&app, "alice", &wallet, "&kind=hold").await;
+    assert_eq!(holds.len(), 12);
+    assert!(holds.iter().all(|e| e["kind"] == "hold"));
+    let late_holds = all_entries(
+        &app,
+        "alice",
+        &wallet,
+        &format!("&kind=hold&from={}", rfc3339(mid)),
+    )
+    .await;
+    assert_eq!(late_holds.len(), 4);
+    for bad in ["kind=refund", "from=now", "status=done"] {
+        let r = app
+            .get(&format!("/v1/payments?{bad}"), &token("alice"))
+            .await;
+        let r2 = app
+            .get(
+                &format!("/v1/wallets/{wallet}/transactions?{bad}"),
+                &token("alice"),
+            )
+            .await;
+        assert!(
+            r.status() == StatusCode::UNPROCESSABLE_ENTITY
+                || r2.status() == StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}"
+        );
+    }
+
+    // Page through while new payments and entries arrive: no row twice, none skipped of
+    // those that existed when paging started.
+    let before: Vec<String> = ids_of(&list("limit=100".into()).await);
+    let mut seen = Vec::new();
+    let mut page = list("limit=5".into()).await;
+    loop {
+        seen.extend(ids_of(&page));
+        accepted(&app, "alice", &wallet, 999).await; // a new row between pages
+        match page["next_cursor"].as_str() {
+            Some(c) => page = list(format!("limit=5&cursor={c}")).await,
+            None => break,
+        }
+    }
+    assert_eq!(seen, before, "pages are the list as it was, in order, once");
+    let entries_before = all_entries(&app, "alice", &wallet, "").await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/wallets/{wallet}/transactions?limit=4&cursor={c}"),
+            None => format!("/v1/wallets/{wallet}/transactions?limit=4"),
+        };
+        let page: Value = app.get(&path, &token("alice")).await.json().await.unwrap();
+        seen.extend(
+            page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].clone()),
+        );
+        accepted(&app, "alice", &wallet, 999).await;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<Value> = entries_before.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(seen, expected);
+    app.stop().await;
+}
+
+/// Every node of a JSON plan, depth first.
+fn nodes(plan: &Value) -> Vec<&Value> {
+    let mut out = vec![plan];
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        out.extend(nodes(child));
+    }
+    out
+}
+
+fn scans(plan: &Value) -> Vec<(String, String)> {
+    nodes(&plan[0]["Plan"])
+        .into_iter()
+        .filter(|n| n["Node Type"].as_str().unwrap_or_default().contains("Scan"))
+        .map(|n| {
+            (
+                n["Node Type"].as_str().unwrap().to_owned(),
+                n["Index Name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn read_queries_use_their_indexes(pool: PgPool) {
+    // 200 wallets x 100 entries and 100 payments each, so a sequential scan would be the
+    // planner's choice if no index fitted.
+    sqlx::query(
+        "INSERT INTO wallets (id, owner_id, currency, available, held)
+         SELECT gen_random_uuid(), 'owner-' || (g % 50), 'EUR', 1000000, 0 FROM generate_series(1, 200) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO payments (id, wallet_id, owner_id, amount, currency, merchant_id, status,
+                               failure_reason, created_at, finalized_at)
+         SELECT gen_random_uuid(), w.id, w.owner_id, 100 + g, 'EUR', 'shop',
+                (ARRAY['pending', 'succeeded', 'failed'])[1 + g % 3],
+                CASE WHEN g % 3 = 2 THEN 'declined' END,
+                now() - make_interval(mins => g),
+                CASE WHEN g % 3 <> 0 THEN now() END
+         FROM wallets w, generate_series(1, 100) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO ledger_entries (id, wallet_id, kind, amount, payment_id, available_after, held_after, created_at)
+         SELECT gen_random_uuid(), p.wallet_id, 'hold', p.amount, p.id, 1000, 0, p.created_at FROM payments p",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE").execute(&pool).await.unwrap();
+
+    let (wallet, owner): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT id, owner_id FROM wallets LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let now = Utc::now();
+    let window = Window {
+        from: Some(now - chrono::Duration::hours(1)),
+        to: Some(now),
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let mut plans = Vec::new();
+    for filter in [
+        ListFilter {
+            owner_id: Some(owner.clone()),
+            wallet_id: None,
+            status: None,
+            window,
+            after: None,
+            limit: 21,
+        },
+        ListFilter {
+            owner_id: Some(owner.clone()),
+            wallet_id: None,
+            status: Some(shared::status::PaymentStatus::Failed),
+            window: Window::default(),
+            after: None,
+            limit: 21,
+        },
+        ListFilter {
+            owner_id: Some(owner.clone()),
+            wallet_id: Some(shared::ids::WalletId(wallet)),
+            status: Some(shared::status::PaymentStatus::Pending),
+            window,
+            after: None,
+            limit: 21,
+        },
+    ] {
+        plans.push((
+            "payments",
+            wallet_service::store::payments::explain_list(&mut conn, &filter)
+                .await
+                .unwrap(),
+        ));
+    }
+    for (kind, window) in [(None, window), (Some(EntryKind::Hold), Window::default())] {
+        let f = PageFilter {
+            wallet_id: shared::ids::WalletId(wallet),
+            kind,
+            window,
+            before: None,
+            limit: 21,
+        };
+        plans.push((
+            "transactions",
+            wallet_service::store::ledger::explain_page(&mut conn, &f)
+                .await
+                .unwrap(),
+        ));
+    }
+    plans.push((
+        "summary",
+        wallet_service::store::summary::explain_totals(
+            &mut conn,
+            shared::ids::WalletId(wallet),
+            now - chrono::Duration::days(1),
+            now,
+        )
+        .await
+        .unwrap(),
+    ));
+    for (what, plan) in &plans {
+        let scans = scans(plan);
+        println!("{what}: {scans:?}");
+        assert!(!scans.is_empty(), "{what}: no scan in {plan}");
+        for (node, index) in &scans {
+            assert!(
+                node.contains("Index") || node == "Bitmap Heap Scan",
+                "{what}: {node} instead of an index scan: {plan:#}"
+            );
+            if node.contains("Index") {
+                assert!(!index.is_empty(), "{what}: {node} without an index");
+            }
+        }
+    }
+}
