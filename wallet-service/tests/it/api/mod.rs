@@ -1,12 +1,14 @@
 //! The HTTP contract of API.md, against a real PostgreSQL (a fresh database per test), a
 //! module per area: wallets, payments, idempotency, access (authentication, ownership, rate
-//! limits) and operations (operational endpoints, deadlines, lock timeouts, housekeeping).
+//! limits), operations (operational endpoints, deadlines, lock timeouts, housekeeping) and
+//! contract (every constraint the OpenAPI document states, tried at its edges).
 
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
 
 mod access;
+mod contract;
 mod idempotency;
 mod operations;
 mod payments;
