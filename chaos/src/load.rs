@@ -210,7 +210,12 @@ impl Load {
             15..=19 => ("shop", DEPOSIT + 1),
             _ => ("shop", rng.i64(100..5_000)),
         };
-        let body = json!({"wallet_id": wallet_id, "amount": amount, "currency": "EUR", "merchant_id": merchant});
+        let body = json!({
+            "wallet_id": wallet_id,
+            "amount": amount,
+            "currency": "EUR",
+            "merchant_id": merchant,
+        });
         let key = format!("{}-p{n}", self.run);
         self.bump(|s| s.attempted += 1);
         let first = if n.is_multiple_of(17) {

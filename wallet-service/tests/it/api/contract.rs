@@ -177,7 +177,7 @@ struct Operation {
     body: Option<Value>,
 }
 
-struct Outcome {
+struct Answer {
     status: StatusCode,
     code: Option<String>,
     detail: String,
@@ -190,7 +190,7 @@ impl Operation {
         query: &[(String, String)],
         body: Option<&Value>,
         key: Option<String>,
-    ) -> Outcome {
+    ) -> Answer {
         let url = format!("{}{}", app.url, self.path);
         let mut req = app
             .http
@@ -206,7 +206,7 @@ impl Operation {
         let r = req.send().await.expect("request sent");
         let status = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        Outcome {
+        Answer {
             status,
             code: body["code"].as_str().map(str::to_owned),
             detail: body["detail"].as_str().unwrap_or_default().to_owned(),
