@@ -43,8 +43,12 @@ pub struct Args {
     /// step does not hold (see docs/LOADTEST.md, "scripts/bench"). Writes each step's
     /// report under REPORT_DIR/step-RATE/ and the ramp to REPORT_DIR/capacity.json, and
     /// prints the ramp as Markdown.
-    #[arg(long, value_name = "RATES", value_parser = parse_rates,
-          conflicts_with_all = ["rate", "duration", "ramp", "closed", "target_rate", "target_p99_ms"])]
+    #[arg(
+        long,
+        value_name = "RATES",
+        value_parser = parse_rates,
+        conflicts_with_all = ["rate", "duration", "ramp", "closed", "target_rate", "target_p99_ms"]
+    )]
     pub capacity: Option<Rates>,
 
     /// Length of each --capacity step.

@@ -13,7 +13,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: start the system with scripts/up and `source .run/env` (scripts/test does both)"))
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: start the system with scripts/up and `source .run/env` \
+             (scripts/test does both)"
+        )
+    })
 }
 
 struct Sys {
@@ -137,7 +142,8 @@ async fn many_payments_through_all_processes_conserve_money() {
     let sys = &sys;
     let wallets = &wallets;
     let run = &run;
-    let outcomes: Vec<(usize, Kind, i64, StatusCode, Value)> = stream::iter(plan.into_iter().enumerate())
+    let plan = stream::iter(plan.into_iter().enumerate());
+    let outcomes: Vec<(usize, Kind, i64, StatusCode, Value)> = plan
         .map(|(n, (w, kind, amount))| async move {
             let (_, token, wallet_id) = &wallets[w];
             let merchant = match kind {
@@ -145,11 +151,19 @@ async fn many_payments_through_all_processes_conserve_money() {
                 Kind::Unavailable => "test_unavailable",
                 _ => "e2e_shop",
             };
-            let body = json!({"wallet_id": wallet_id, "amount": amount, "currency": "EUR", "merchant_id": merchant});
+            let body = json!({
+                "wallet_id": wallet_id,
+                "amount": amount,
+                "currency": "EUR",
+                "merchant_id": merchant,
+            });
             let key = format!("p-{run}-{n}");
             let (status, first, replayed) = if n % 11 == 0 {
                 // Two copies at once: one runs, the other is refused as in flight or replayed.
-                let (a, b) = tokio::join!(sys.post("/v1/payments", token, &key, &body), sys.post("/v1/payments", token, &key, &body));
+                let (a, b) = tokio::join!(
+                    sys.post("/v1/payments", token, &key, &body),
+                    sys.post("/v1/payments", token, &key, &body)
+                );
                 for (x, y) in [(&a, &b), (&b, &a)] {
                     if x.0 == StatusCode::CONFLICT {
                         assert_eq!(x.1["code"], "idempotency_key_in_use");
@@ -157,7 +171,11 @@ async fn many_payments_through_all_processes_conserve_money() {
                     }
                 }
                 if a.0 != StatusCode::CONFLICT && b.0 != StatusCode::CONFLICT {
-                    assert_eq!((a.0, &a.1), (b.0, &b.1), "the later copy must replay the first");
+                    assert_eq!(
+                        (a.0, &a.1),
+                        (b.0, &b.1),
+                        "the later copy must replay the first"
+                    );
                     assert!(a.2 || b.2, "one copy must be flagged as a replay");
                 }
                 if a.0 == StatusCode::CONFLICT {
@@ -171,7 +189,8 @@ async fn many_payments_through_all_processes_conserve_money() {
             assert!(!replayed || n % 11 == 0, "fresh key replayed");
             if n % 7 == 0 {
                 let (s2, again, replayed) = sys.post("/v1/payments", token, &key, &body).await;
-                assert_eq!((s2, &again), (status, &first), "a retry must replay the first response");
+                let what = "a retry must replay the first response";
+                assert_eq!((s2, &again), (status, &first), "{what}");
                 assert!(replayed, "retry not flagged as replayed");
             }
             (w, kind, amount, status, first)

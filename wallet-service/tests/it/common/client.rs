@@ -109,7 +109,12 @@ impl TestApp {
             "/v1/payments",
             &token(owner),
             Some(&key),
-            &json!({"wallet_id": wallet, "amount": amount, "currency": "EUR", "merchant_id": merchant}),
+            &json!({
+                "wallet_id": wallet,
+                "amount": amount,
+                "currency": "EUR",
+                "merchant_id": merchant,
+            }),
         )
         .await
     }
