@@ -1,10 +1,8 @@
 //! What the checks read after the run: conservation per currency, sane balances, the
 //! gateway's record of every payment, dead letters on both brokers, flagged payments.
 
-use crate::cli::Args;
-use crate::faults::POISON_REFERENCE;
 use crate::load::Load;
-use crate::log;
+use crate::{log, Args, POISON_REFERENCE};
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;

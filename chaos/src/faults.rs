@@ -1,57 +1,17 @@
-//! The faults and how they are injected: process faults through `scripts/chaos-ctl`, and
-//! those that need more than a process signal (a hung gateway, duplicate and contradicting
-//! results, poison messages on both brokers), each poison counted as its broker confirms it.
+//! The faults that need more than a process signal: a hung gateway, duplicate and
+//! contradicting results, and poison messages on both brokers, each counted as its broker
+//! confirms it.
 
-use crate::cli::Args;
 use crate::load::Load;
-use crate::log;
 use crate::schedule::Fault;
+use crate::{ctl, log, Args, Poisoned, GATEWAY_OUTAGE, POISON_REFERENCE, POISON_RESULT_TARGETS};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use shared::events::PaymentResult;
 use shared::ids::{EventId, PaymentId};
 use shared::status::{FailureReason, Outcome as ResultOutcome};
 use sqlx::PgPool;
-use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// How long the gateway is hung by the gateway-outage fault: longer than the reconciler
-/// deadline, so payments are re-driven while no outcome can be known.
-pub(crate) const GATEWAY_OUTAGE: Duration = Duration::from_secs(20);
-/// Payments that get poison results (U+0000 in the reference), one of them also an
-/// over-long reference.
-const POISON_RESULT_TARGETS: usize = 5;
-/// How every poison result's gateway reference begins: no payment may end with it.
-pub(crate) const POISON_REFERENCE: &str = "chaos-poison-";
-
-/// What the faults injected that must end up dead-lettered, counted as each is confirmed by
-/// its broker.
-#[derive(Default)]
-pub(crate) struct Poisoned {
-    /// Messages for RabbitMQ's dead-letter queue.
-    pub(crate) rabbit: u64,
-    /// Messages for the Kafka dead-letter topic, by the `dlq_reason` they must get.
-    pub(crate) kafka: BTreeMap<&'static str, u64>,
-    /// Payments that got a poison result: the poison must not settle them.
-    pub(crate) targets: Vec<uuid::Uuid>,
-}
-
-impl Poisoned {
-    pub(crate) fn kafka_total(&self) -> u64 {
-        self.kafka.values().sum()
-    }
-}
-
-/// Runs `scripts/chaos-ctl` with `a` (kill, restore, pause, resume a part of the system).
-pub(crate) async fn ctl(args: &Args, a: &[&str]) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new("bash")
-        .arg(&args.ctl)
-        .args(a)
-        .status()
-        .await?;
-    anyhow::ensure!(status.success(), "chaos-ctl {a:?} failed");
-    Ok(())
-}
 
 /// Injects one fault and undoes it. Poison messages are added to `poisoned` as their broker
 /// confirms them, so a fault cut short still counts what it sent.
