@@ -73,7 +73,7 @@ impl Report {
         self.verdict == Verdict::Pass
     }
 
-    /// The target named `name`, if the run had it.
+    /// The run's target of this kind, if it had one.
     pub fn target(&self, kind: TargetKind) -> Option<&Target> {
         self.targets.iter().find(|t| t.kind == kind)
     }
