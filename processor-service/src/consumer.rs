@@ -1,12 +1,12 @@
-//! Consumes `payment.requested` from RabbitMQ, charges the gateway, publishes the result to
-//! Kafka, and only then acks.
+//! Consumes `payment.requested` and `refund.requested` from RabbitMQ, charges (or refunds)
+//! at the gateway, publishes the result to Kafka, and only then acks.
 //!
 //! Manual acks and a prefetch equal to the concurrency bound the work in flight. A message is
 //! acked only after Kafka confirmed the result, so a crash at any point redelivers it; the
 //! gateway's idempotency key (the payment id) makes the second charge a replay. Poison
 //! messages are rejected without requeue and RabbitMQ dead-letters them.
 
-use crate::gateway::{Decision, GatewayClient};
+use crate::gateway::{Decision, GatewayClient, RefundDecision};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -17,9 +17,10 @@ use lapin::{Connection, ConnectionProperties};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
 use shared::events::{
-    decode_requested, PaymentRequested, PaymentResult, Poison, PAYMENT_REQUESTED,
+    decode_request, PaymentRequested, PaymentResult, Poison, RefundRequested, RefundResult,
+    Request, PAYMENT_REQUESTED,
 };
-use shared::ids::EventId;
+use shared::ids::{EventId, PaymentId};
 use shared::shutdown::Shutdown;
 use shared::status::{FailureReason, Outcome};
 use shared::topology::{header_str, AmqpTopology, KafkaTopics};
@@ -81,7 +82,7 @@ pub fn describe_metrics() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    // Every reason `decode_requested` can give, by the label it is counted under.
+    // Every reason `decode_request` can give, by the label it is counted under.
     for poison in [
         Poison::NotJson(String::new()),
         Poison::WrongType(None),
@@ -189,8 +190,15 @@ impl Processor {
         let start = Instant::now();
         let headers = delivery.properties.headers().as_ref();
         let traceparent = shared::trace::child_of(header_str(headers, "traceparent").as_deref());
-        let request = match decode_requested(&delivery.data) {
-            Ok(r) => r,
+        let request = match decode_request(&delivery.data) {
+            Ok(Request::Payment(r)) => r,
+            Ok(Request::Refund(r)) => {
+                self.handle_refund(delivery, r, &traceparent).await;
+                metrics::gauge!("requests_in_flight").decrement(1.0);
+                metrics::histogram!("request_processing_duration_seconds")
+                    .record(start.elapsed().as_secs_f64());
+                return;
+            }
             Err(poison) => {
                 tracing::warn!(
                     payment_id = header_str(headers, "payment_id").unwrap_or_default(),
@@ -216,7 +224,9 @@ impl Processor {
                 .increment(1);
             match result_for(&request, decision) {
                 Ok(result) => {
-                    self.publish(&result, &traceparent).await;
+                    let payload = serde_json::to_vec(&result).expect("a result serializes");
+                    self.publish(payment_id, &payload, result.outcome, &traceparent)
+                        .await;
                     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                         // The result is in Kafka; a redelivery replays the charge and the
                         // wallet ignores the second result.
@@ -234,21 +244,13 @@ impl Processor {
                     );
                 }
                 Err(why) => {
-                    // Keep the hold; try again later. Backing off here keeps a redelivery loop
-                    // from hammering a struggling gateway.
+                    // Keep the hold; try again later.
                     tracing::warn!(
                         %payment_id,
                         reason = %why,
                         "charge outcome unknown; payment stays pending and the request is requeued",
                     );
-                    metrics::counter!("requests_requeued_total").increment(1);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            multiple: false,
-                        })
-                        .await;
+                    requeue(delivery).await;
                 }
             }
         }
@@ -259,10 +261,65 @@ impl Processor {
             .record(start.elapsed().as_secs_f64());
     }
 
-    /// Publishes until Kafka confirms: the RabbitMQ message is not acked before that.
-    async fn publish(&self, result: &PaymentResult, traceparent: &str) {
-        let payload = serde_json::to_vec(result).expect("a result serializes");
-        let key = result.payment_id.to_string();
+    /// Refunds at the gateway, publishes the result, then acks; an unknown outcome leaves
+    /// the refund pending and requeues the request.
+    async fn handle_refund(&self, delivery: Delivery, request: RefundRequested, traceparent: &str) {
+        let refund = &request.refund;
+        let span = tracing::info_span!(
+            "refund",
+            refund_id = %refund.id,
+            payment_id = %refund.payment_id,
+            traceparent = %traceparent
+        );
+        async {
+            let decision = self.gateway.refund(refund).await;
+            metrics::counter!("gateway_refund_decisions_total", "decision" => decision.label())
+                .increment(1);
+            match refund_result_for(&request, decision) {
+                Ok(result) => {
+                    let payload = serde_json::to_vec(&result).expect("a result serializes");
+                    self.publish(refund.payment_id, &payload, result.outcome, traceparent)
+                        .await;
+                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                        tracing::warn!(
+                            refund_id = %refund.id,
+                            error = %e,
+                            "ack failed after publishing; the refund request will be redelivered",
+                        );
+                    }
+                    tracing::info!(
+                        refund_id = %refund.id,
+                        payment_id = %refund.payment_id,
+                        outcome = result.outcome.as_str(),
+                        reason = result.failure_reason.map(|r| r.as_str()).unwrap_or(""),
+                        "refund result published",
+                    );
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        refund_id = %refund.id,
+                        reason = %why,
+                        "refund outcome unknown; refund stays pending and the request is requeued",
+                    );
+                    requeue(delivery).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Publishes until Kafka confirms: the RabbitMQ message is not acked before that. The
+    /// key is the payment id, so a payment's results (its charge's and its refunds') stay in
+    /// order on one partition.
+    async fn publish(
+        &self,
+        payment_id: PaymentId,
+        payload: &[u8],
+        outcome: Outcome,
+        traceparent: &str,
+    ) {
+        let key = payment_id.to_string();
         let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0;
         loop {
@@ -273,20 +330,20 @@ impl Processor {
             ]);
             let record = FutureRecord::to(&self.topics.results)
                 .key(&key)
-                .payload(&payload)
+                .payload(payload)
                 .headers(headers);
             match self.producer.send(record, Duration::from_secs(10)).await {
                 Ok(_) => {
                     metrics::histogram!("results_publish_duration_seconds")
                         .record(start.elapsed().as_secs_f64());
-                    let outcome = result.outcome.as_str();
+                    let outcome = outcome.as_str();
                     metrics::counter!("results_published_total", "outcome" => outcome).increment(1);
                     return;
                 }
                 Err((e, _)) => {
                     metrics::counter!("results_publish_failures_total").increment(1);
                     tracing::warn!(
-                        payment_id = %result.payment_id,
+                        %payment_id,
                         error = %e,
                         attempt,
                         "Kafka did not confirm the result; retrying",
@@ -297,6 +354,43 @@ impl Processor {
             }
         }
     }
+}
+
+/// Hands a request whose outcome is unknown back to RabbitMQ. Backing off first keeps a
+/// redelivery loop from hammering a struggling gateway.
+async fn requeue(delivery: Delivery) {
+    metrics::counter!("requests_requeued_total").increment(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await;
+}
+
+/// The result to publish for a refund decision, or why there is none yet.
+pub fn refund_result_for(
+    request: &RefundRequested,
+    decision: RefundDecision,
+) -> Result<RefundResult, String> {
+    let (outcome, reason, reference) = match decision {
+        RefundDecision::Refunded { reference } => (Outcome::Succeeded, None, Some(reference)),
+        RefundDecision::Declined { reference } => (
+            Outcome::Failed,
+            Some(FailureReason::Declined),
+            Some(reference),
+        ),
+        RefundDecision::Refused(_) => (Outcome::Failed, Some(FailureReason::NotRefundable), None),
+        RefundDecision::Unknown(why) => return Err(why),
+    };
+    Ok(RefundResult::new(
+        EventId::new(),
+        &request.refund,
+        outcome,
+        reason,
+        reference,
+    ))
 }
 
 /// The result to publish for a decision, or why there is none yet.

@@ -3,8 +3,10 @@
 
 use serde::Deserialize;
 use shared::backoff::Backoff;
-use shared::events::RequestedPayment;
-use shared::gateway::{ChargeReply, ChargeStatus};
+use shared::events::{RequestedPayment, RequestedRefund};
+use shared::gateway::{
+    refund_refusal, ChargeReply, ChargeStatus, RefundReply, RefundRequest, RefundStatus,
+};
 use shared::text::GatewayReference;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,35 @@ impl Decision {
             Self::Charged { .. } => "charged",
             Self::Declined { .. } => "declined",
             Self::NotCharged => "not_charged",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// What the gateway did with a refund, as far as we know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundDecision {
+    Refunded {
+        reference: GatewayReference,
+    },
+    Declined {
+        reference: GatewayReference,
+    },
+    /// The gateway refused it for good (no refundable charge, more than was charged): it
+    /// certainly did not happen.
+    Refused(String),
+    /// We cannot tell: the refund must stay pending and be asked again later. A refund is
+    /// never failed for an outage, because the customer is owed the money.
+    Unknown(String),
+}
+
+impl RefundDecision {
+    /// Its `decision` label on `gateway_refund_decisions_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Refunded { .. } => "refunded",
+            Self::Declined { .. } => "declined",
+            Self::Refused(_) => "refused",
             Self::Unknown(_) => "unknown",
         }
     }
@@ -64,9 +95,16 @@ pub fn describe_metrics() {
         "Final gateway decisions per payment, by decision."
     );
     // Series exist from the start (at 0), so rate() and alerts see their first increment.
+    metrics::describe_counter!(
+        "gateway_refund_decisions_total",
+        "Final gateway decisions per refund, by decision."
+    );
     metrics::counter!("gateway_retries_total").increment(0);
     for decision in ["charged", "declined", "not_charged", "unknown"] {
         metrics::counter!("gateway_decisions_total", "decision" => decision).increment(0);
+    }
+    for decision in ["refunded", "declined", "refused", "unknown"] {
+        metrics::counter!("gateway_refund_decisions_total", "decision" => decision).increment(0);
     }
 }
 
@@ -186,6 +224,77 @@ impl GatewayClient {
         attempt
     }
 
+    /// Refunds `refund` of its payment's charge, retrying with backoff under the refund id.
+    /// Out of attempts the outcome is unknown (there is no void for refunds): the caller
+    /// leaves the refund pending and asks again later.
+    pub async fn refund(&self, refund: &RequestedRefund) -> RefundDecision {
+        let mut last_error = String::new();
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                metrics::counter!("gateway_retries_total").increment(1);
+                tokio::time::sleep(self.backoff.delay(attempt - 1)).await;
+            }
+            match self.post_refund(refund).await {
+                Ok(d) => return d,
+                Err(e) => last_error = e,
+            }
+            tracing::warn!(
+                refund_id = %refund.id,
+                attempt = attempt + 1,
+                error = %last_error,
+                "gateway refund call failed; retrying with the same idempotency key",
+            );
+        }
+        RefundDecision::Unknown(last_error)
+    }
+
+    /// One refund call: the decision if the answer decides, otherwise why not, to retry.
+    async fn post_refund(&self, r: &RequestedRefund) -> Result<RefundDecision, String> {
+        let start = Instant::now();
+        let sent = self
+            .http
+            .post(format!(
+                "{}/v1/charges/{}/refunds",
+                self.base_url, r.payment_id
+            ))
+            .header("Idempotency-Key", r.id.to_string())
+            .json(&RefundRequest {
+                amount: r.amount.minor_units(),
+            })
+            .send()
+            .await;
+        let (result, attempt) = match sent {
+            Err(e) if e.is_connect() => ("connect_error", Err(e.to_string())),
+            Err(e) if e.is_timeout() => ("timeout", Err(format!("timed out: {e}"))),
+            Err(e) => ("error", Err(e.to_string())),
+            Ok(r) => match r.status().as_u16() {
+                200 => match r.json::<RefundReply>().await {
+                    Ok(reply) => match refund_decision_of(reply) {
+                        RefundDecision::Unknown(why) => ("undecided", Err(why)),
+                        d => ("ok", Ok(d)),
+                    },
+                    Err(e) => ("bad_body", Err(format!("unreadable refund: {e}"))),
+                },
+                503 => ("unavailable", Err("gateway answered 503".into())),
+                409 | 422 => match r.json::<GatewayError>().await {
+                    Ok(e) if is_refusal(&e.error) => {
+                        ("refused", Ok(RefundDecision::Refused(e.error)))
+                    }
+                    Ok(e) => ("in_progress", Err(format!("gateway answered {}", e.error))),
+                    Err(e) => ("bad_body", Err(format!("unreadable refusal: {e}"))),
+                },
+                status => ("http_error", Err(format!("gateway answered {status}"))),
+            },
+        };
+        metrics::histogram!(
+            "gateway_request_duration_seconds",
+            "operation" => "refund",
+            "result" => result
+        )
+        .record(start.elapsed().as_secs_f64());
+        attempt
+    }
+
     /// `POST /v1/charges/{key}/void`: the key's final state.
     async fn void(&self, p: &RequestedPayment) -> Result<Decision, String> {
         let start = Instant::now();
@@ -227,6 +336,28 @@ fn decision_of(c: ChargeReply) -> Decision {
     }
 }
 
+/// A refusal of a refund that no retry changes.
+fn is_refusal(code: &str) -> bool {
+    matches!(
+        code,
+        refund_refusal::CHARGE_NOT_REFUNDABLE
+            | refund_refusal::EXCEEDS_CHARGE
+            | refund_refusal::KEY_REUSED
+    )
+}
+
+/// As [`decision_of`]: only a status the contract knows decides.
+fn refund_decision_of(r: RefundReply) -> RefundDecision {
+    match RefundStatus::parse(&r.status) {
+        Some(RefundStatus::Succeeded) => RefundDecision::Refunded { reference: r.id },
+        Some(RefundStatus::Declined) => RefundDecision::Declined { reference: r.id },
+        None => RefundDecision::Unknown(format!(
+            "gateway reports refund {} as {:?}: not decided yet",
+            r.id, r.status
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +367,22 @@ mod tests {
             id: "ch_1".try_into().unwrap(),
             status: status.into(),
         }
+    }
+
+    #[test]
+    fn only_known_refund_statuses_and_refusals_decide() {
+        let reply = |status: &str| RefundReply {
+            id: "re_1".try_into().unwrap(),
+            status: status.into(),
+        };
+        assert_eq!(refund_decision_of(reply("succeeded")).label(), "refunded");
+        assert_eq!(refund_decision_of(reply("declined")).label(), "declined");
+        for s in ["pending", "voided", ""] {
+            assert_eq!(refund_decision_of(reply(s)).label(), "unknown", "{s}");
+        }
+        assert!(is_refusal("refund_exceeds_charge"));
+        assert!(is_refusal("charge_not_refundable"));
+        assert!(!is_refusal("request_in_progress"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! understands; anything else is poison and goes to a dead-letter destination instead of
 //! blocking the messages behind it.
 
-use crate::ids::{EventId, PaymentId, WalletId};
+use crate::ids::{EventId, PaymentId, RefundId, WalletId};
 use crate::money::{Amount, Currency};
 use crate::status::{FailureReason, Outcome};
 use crate::text::{self, GatewayReference};
@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub const PAYMENT_REQUESTED: &str = "payment.requested";
 pub const PAYMENT_RESULT: &str = "payment.result";
+pub const REFUND_REQUESTED: &str = "refund.requested";
+pub const REFUND_RESULT: &str = "refund.result";
 pub const VERSION: u32 = 1;
 
 /// Published by the wallet service's outbox to RabbitMQ when a payment is accepted.
@@ -83,6 +85,112 @@ impl PaymentResult {
     }
 }
 
+/// Published by the wallet service's outbox to RabbitMQ when a refund is accepted. It
+/// travels the payment requests' exchange and queue (routing key `refund.requested`), so
+/// one consumer, one prefetch budget and one dead-letter queue serve both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefundRequested {
+    pub event_id: EventId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub refund: RequestedRefund,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestedRefund {
+    /// The refund id: the gateway's idempotency key for this refund.
+    pub id: RefundId,
+    /// The refunded payment: the gateway's key of the charge.
+    pub payment_id: PaymentId,
+    pub wallet_id: WalletId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub merchant_id: String,
+}
+
+impl RefundRequested {
+    pub fn new(event_id: EventId, occurred_at: DateTime<Utc>, refund: RequestedRefund) -> Self {
+        Self {
+            event_id,
+            kind: REFUND_REQUESTED.to_owned(),
+            version: VERSION,
+            occurred_at,
+            refund,
+        }
+    }
+}
+
+/// Published by the processor to `payment.results` (key: the payment id) once the gateway
+/// decided a refund.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefundResult {
+    pub event_id: EventId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: u32,
+    pub refund_id: RefundId,
+    pub payment_id: PaymentId,
+    pub outcome: Outcome,
+    pub failure_reason: Option<FailureReason>,
+    pub gateway_reference: Option<GatewayReference>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl RefundResult {
+    pub fn new(
+        event_id: EventId,
+        refund: &RequestedRefund,
+        outcome: Outcome,
+        failure_reason: Option<FailureReason>,
+        gateway_reference: Option<GatewayReference>,
+    ) -> Self {
+        Self {
+            event_id,
+            kind: REFUND_RESULT.to_owned(),
+            version: VERSION,
+            refund_id: refund.id,
+            payment_id: refund.payment_id,
+            outcome,
+            failure_reason,
+            gateway_reference,
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+/// A message on the request queue: a payment to charge or a refund to make.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Payment(PaymentRequested),
+    Refund(RefundRequested),
+}
+
+/// A message on the results topic: a charge's or a refund's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decided {
+    Payment(PaymentResult),
+    Refund(RefundResult),
+}
+
+impl Decided {
+    /// The payment it concerns (the message key).
+    pub fn payment_id(&self) -> PaymentId {
+        match self {
+            Self::Payment(r) => r.payment_id,
+            Self::Refund(r) => r.payment_id,
+        }
+    }
+
+    pub fn event_id(&self) -> EventId {
+        match self {
+            Self::Payment(r) => r.event_id,
+            Self::Refund(r) => r.event_id,
+        }
+    }
+}
+
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Poison {
@@ -108,13 +216,18 @@ impl Poison {
     }
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], kind: &'static str) -> Result<T, Poison> {
+/// The message's JSON and its `type`, once its `version` is one this code understands.
+fn envelope(bytes: &[u8]) -> Result<(serde_json::Value, Option<String>), Poison> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| Poison::NotJson(e.to_string()))?;
-    let ty = value.get("type").and_then(|t| t.as_str());
-    if ty != Some(kind) {
-        return Err(Poison::WrongType(ty.map(str::to_owned)));
-    }
+    let ty = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned);
+    Ok((value, ty))
+}
+
+fn typed<T: DeserializeOwned>(value: serde_json::Value, kind: &'static str) -> Result<T, Poison> {
     let version = value.get("version").and_then(|v| v.as_u64());
     if version != Some(u64::from(VERSION)) {
         return Err(Poison::UnsupportedVersion(version));
@@ -125,38 +238,87 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], kind: &'static str) -> Result<T, Po
     })
 }
 
+fn decode<T: DeserializeOwned>(bytes: &[u8], kind: &'static str) -> Result<T, Poison> {
+    let (value, ty) = envelope(bytes)?;
+    if ty.as_deref() != Some(kind) {
+        return Err(Poison::WrongType(ty));
+    }
+    typed(value, kind)
+}
+
 /// The longest `merchant_id` the API accepts, so the longest a request can carry.
 pub const MERCHANT_ID_MAX_CHARS: usize = 64;
 
+/// Text goes on to the gateway and into logs: refuse what the API would have refused.
+fn check_merchant(merchant_id: &str, kind: &'static str) -> Result<(), Poison> {
+    text::check("merchant_id", merchant_id, 1, MERCHANT_ID_MAX_CHARS).map_err(|e| Poison::Invalid {
+        kind,
+        detail: e.to_string(),
+    })
+}
+
+/// A failure must say why, and a success must not carry a reason.
+fn check_outcome(
+    outcome: Outcome,
+    reason: Option<FailureReason>,
+    kind: &'static str,
+) -> Result<(), Poison> {
+    let detail = match (outcome, reason) {
+        (Outcome::Failed, None) => "failed outcome without failure_reason",
+        (Outcome::Succeeded, Some(_)) => "succeeded outcome with a failure_reason",
+        _ => return Ok(()),
+    };
+    Err(Poison::Invalid {
+        kind,
+        detail: detail.into(),
+    })
+}
+
 pub fn decode_requested(bytes: &[u8]) -> Result<PaymentRequested, Poison> {
     let request: PaymentRequested = decode(bytes, PAYMENT_REQUESTED)?;
-    // Text goes on to the gateway and into logs: refuse what the API would have refused.
-    text::check(
-        "merchant_id",
-        &request.payment.merchant_id,
-        1,
-        MERCHANT_ID_MAX_CHARS,
-    )
-    .map_err(|e| Poison::Invalid {
-        kind: PAYMENT_REQUESTED,
-        detail: e.to_string(),
-    })?;
+    check_merchant(&request.payment.merchant_id, PAYMENT_REQUESTED)?;
     Ok(request)
+}
+
+/// A message from the request queue: `payment.requested` or `refund.requested`.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, Poison> {
+    let (value, ty) = envelope(bytes)?;
+    match ty.as_deref() {
+        Some(PAYMENT_REQUESTED) => {
+            let request: PaymentRequested = typed(value, PAYMENT_REQUESTED)?;
+            check_merchant(&request.payment.merchant_id, PAYMENT_REQUESTED)?;
+            Ok(Request::Payment(request))
+        }
+        Some(REFUND_REQUESTED) => {
+            let request: RefundRequested = typed(value, REFUND_REQUESTED)?;
+            check_merchant(&request.refund.merchant_id, REFUND_REQUESTED)?;
+            Ok(Request::Refund(request))
+        }
+        _ => Err(Poison::WrongType(ty)),
+    }
 }
 
 pub fn decode_result(bytes: &[u8]) -> Result<PaymentResult, Poison> {
     let result: PaymentResult = decode(bytes, PAYMENT_RESULT)?;
-    // A failure must say why, and a success must not carry a reason.
-    match (result.outcome, result.failure_reason) {
-        (Outcome::Failed, None) => Err(Poison::Invalid {
-            kind: PAYMENT_RESULT,
-            detail: "failed outcome without failure_reason".into(),
-        }),
-        (Outcome::Succeeded, Some(_)) => Err(Poison::Invalid {
-            kind: PAYMENT_RESULT,
-            detail: "succeeded outcome with a failure_reason".into(),
-        }),
-        _ => Ok(result),
+    check_outcome(result.outcome, result.failure_reason, PAYMENT_RESULT)?;
+    Ok(result)
+}
+
+/// A message from the results topic: `payment.result` or `refund.result`.
+pub fn decode_decided(bytes: &[u8]) -> Result<Decided, Poison> {
+    let (value, ty) = envelope(bytes)?;
+    match ty.as_deref() {
+        Some(PAYMENT_RESULT) => {
+            let r: PaymentResult = typed(value, PAYMENT_RESULT)?;
+            check_outcome(r.outcome, r.failure_reason, PAYMENT_RESULT)?;
+            Ok(Decided::Payment(r))
+        }
+        Some(REFUND_RESULT) => {
+            let r: RefundResult = typed(value, REFUND_RESULT)?;
+            check_outcome(r.outcome, r.failure_reason, REFUND_RESULT)?;
+            Ok(Decided::Refund(r))
+        }
+        _ => Err(Poison::WrongType(ty)),
     }
 }
 
@@ -265,5 +427,45 @@ mod tests {
         let json = serde_json::to_value(&declined).unwrap();
         assert_eq!(json["outcome"], "failed");
         assert_eq!(json["failure_reason"], "declined");
+    }
+
+    #[test]
+    fn requests_and_results_of_refunds_decode_beside_payments() {
+        let refund = RequestedRefund {
+            id: RefundId::new(),
+            payment_id: PaymentId::new(),
+            wallet_id: WalletId::new(),
+            amount: Amount::new(25).unwrap(),
+            currency: "EUR".parse().unwrap(),
+            merchant_id: "m_1".into(),
+        };
+        let request = RefundRequested::new(EventId::new(), Utc::now(), refund.clone());
+        let bytes = serde_json::to_vec(&request).unwrap();
+        assert_eq!(decode_request(&bytes), Ok(Request::Refund(request)));
+        let payment = requested();
+        let bytes = serde_json::to_vec(&payment).unwrap();
+        assert_eq!(decode_request(&bytes), Ok(Request::Payment(payment)));
+
+        let result = RefundResult::new(
+            EventId::new(),
+            &refund,
+            Outcome::Failed,
+            Some(FailureReason::Declined),
+            None,
+        );
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["type"], "refund.result");
+        assert_eq!(json["refund_id"], refund.id.to_string());
+        assert_eq!(json["payment_id"], refund.payment_id.to_string());
+        let decided = decode_decided(&serde_json::to_vec(&result).unwrap()).unwrap();
+        assert_eq!(decided.payment_id(), refund.payment_id);
+        assert_eq!(decided, Decided::Refund(result));
+
+        let bad = RefundResult::new(EventId::new(), &refund, Outcome::Failed, None, None);
+        assert!(decode_decided(&serde_json::to_vec(&bad).unwrap()).is_err());
+        assert!(matches!(
+            decode_request(br#"{"type":"refund.result","version":1}"#),
+            Err(Poison::WrongType(Some(_)))
+        ));
     }
 }

@@ -45,6 +45,58 @@ pub struct ChargeReply {
     pub status: String,
 }
 
+/// A refund's state as the gateway reports it (`POST /v1/charges/{key}/refunds`). Closed
+/// like [`ChargeStatus`]: any other word means the gateway has not decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefundStatus {
+    Succeeded,
+    Declined,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Declined => "declined",
+        }
+    }
+
+    /// The status named `s`, or `None` for any other word (not decided yet).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "succeeded" => Some(Self::Succeeded),
+            "declined" => Some(Self::Declined),
+            _ => None,
+        }
+    }
+}
+
+/// The body of a refund request: the refund's amount in the charge's minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequest {
+    pub amount: i64,
+}
+
+/// The part of a refund answer a client decides on (`status` stays a string, as in
+/// [`ChargeReply`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RefundReply {
+    pub id: GatewayReference,
+    pub status: String,
+}
+
+/// Refusals of a refund that no retry changes (`{"error": code}`): the client must not
+/// retry them, and the refund has certainly not happened.
+pub mod refund_refusal {
+    /// No succeeded charge under the key (unknown, declined or voided).
+    pub const CHARGE_NOT_REFUNDABLE: &str = "charge_not_refundable";
+    /// The refunds of the charge would exceed what it charged.
+    pub const EXCEEDS_CHARGE: &str = "refund_exceeds_charge";
+    /// The refund key was used before for a different charge or amount.
+    pub const KEY_REUSED: &str = "idempotency_key_reused";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

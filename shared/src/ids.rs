@@ -58,3 +58,7 @@ id_type!(
     /// Identifies one event (outbox row, RabbitMQ message, Kafka result); consumers dedupe on it.
     EventId
 );
+id_type!(
+    /// Identifies a refund; also the gateway's idempotency key for it.
+    RefundId
+);

@@ -1,14 +1,15 @@
 //! Events for other systems, published to Kafka through the wallet service's outbox:
-//! `payment.finalized` and `wallet.deposited` on topic `payment.events`, `payment.alert` on
-//! `payment.alerts`. Each is written in the transaction that made the fact true, so there is
-//! exactly one `event_id` per fact; delivery is at-least-once, so consumers dedupe on it.
+//! `payment.finalized`, `wallet.deposited` and `payment.refunded` on topic `payment.events`,
+//! `payment.alert` on `payment.alerts`. Each is written in the transaction that made the fact
+//! true, so there is exactly one `event_id` per fact; delivery is at-least-once, so consumers
+//! dedupe on it.
 //! The message key is the wallet id, which keeps one wallet's events in order.
 //!
 //! Version 1 of each schema is documented in `docs/EVENTS.md`; a change that breaks a
 //! consumer gets a new `version`.
 
 use crate::events::VERSION;
-use crate::ids::{EventId, PaymentId, WalletId};
+use crate::ids::{EventId, PaymentId, RefundId, WalletId};
 use crate::money::{Amount, Currency};
 use crate::status::{FailureReason, PaymentStatus};
 use chrono::{DateTime, Utc};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub const PAYMENT_FINALIZED: &str = "payment.finalized";
 pub const WALLET_DEPOSITED: &str = "wallet.deposited";
 pub const PAYMENT_ALERT: &str = "payment.alert";
+pub const PAYMENT_REFUNDED: &str = "payment.refunded";
 
 /// The topic a notification travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,8 @@ impl<F: Fact> Notification<F> {
 pub type PaymentFinalized = Notification<Finalized>;
 /// `wallet.deposited`: funds were credited to a wallet.
 pub type WalletDeposited = Notification<Deposited>;
+/// `payment.refunded`: the gateway refunded (part of) a payment and the wallet was credited.
+pub type PaymentRefunded = Notification<Refunded>;
 /// `payment.alert`: a payment at or above its currency's alert threshold was accepted
 /// (raised when the funds are held, before the gateway decides, so a reviewer hears early).
 pub type PaymentAlert = Notification<LargePayment>;
@@ -96,6 +100,31 @@ pub struct FinalizedPayment {
     pub status: PaymentStatus,
     pub failure_reason: Option<FailureReason>,
     pub gateway_reference: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finalized_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refunded {
+    pub refund: RefundFact,
+    pub balance: BalanceAfter,
+}
+
+impl Fact for Refunded {
+    const TYPE: &'static str = PAYMENT_REFUNDED;
+    const STREAM: Stream = Stream::Events;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefundFact {
+    pub id: RefundId,
+    pub payment_id: PaymentId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub reason: Option<String>,
+    pub gateway_reference: Option<String>,
+    /// What the payment has had refunded in all, this refund included.
+    pub payment_refunded_total: i64,
     pub created_at: DateTime<Utc>,
     pub finalized_at: DateTime<Utc>,
 }

@@ -49,6 +49,10 @@ impl fmt::Display for PaymentStatus {
     }
 }
 
+/// A refund's status: the same machine as a payment's (`pending`, then `succeeded` or
+/// `failed`, once).
+pub type RefundStatus = PaymentStatus;
+
 /// What the gateway decided for a payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -80,6 +84,9 @@ pub enum FailureReason {
     Declined,
     /// The gateway refused to process the charge (it certainly did not happen).
     GatewayUnavailable,
+    /// Refunds only: the gateway refused the refund for good (no refundable charge under
+    /// the payment, or more than it charged).
+    NotRefundable,
 }
 
 impl FailureReason {
@@ -87,6 +94,7 @@ impl FailureReason {
         match self {
             Self::Declined => "declined",
             Self::GatewayUnavailable => "gateway_unavailable",
+            Self::NotRefundable => "not_refundable",
         }
     }
 }

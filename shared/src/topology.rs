@@ -20,6 +20,8 @@ pub const DELIVERY_LIMIT: i32 = 10;
 pub struct AmqpTopology {
     pub exchange: String,
     pub routing_key: String,
+    /// Refund requests share the exchange and the queue under their own routing key.
+    pub refund_routing_key: String,
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
@@ -35,10 +37,20 @@ impl AmqpTopology {
     pub fn with_prefix(prefix: &str) -> Self {
         Self {
             exchange: format!("{prefix}payments"),
-            routing_key: "payment.requested".into(),
+            routing_key: crate::events::PAYMENT_REQUESTED.into(),
+            refund_routing_key: crate::events::REFUND_REQUESTED.into(),
             queue: format!("{prefix}payments.requested"),
             dead_letter_exchange: format!("{prefix}payments.dlx"),
             dead_letter_queue: format!("{prefix}payments.requested.dlq"),
+        }
+    }
+
+    /// The routing key of an outbox row of type `event_type`.
+    pub fn routing_key_for(&self, event_type: &str) -> &str {
+        if event_type == crate::events::REFUND_REQUESTED {
+            &self.refund_routing_key
+        } else {
+            &self.routing_key
         }
     }
 
@@ -101,15 +113,17 @@ impl AmqpTopology {
         channel
             .queue_declare(self.queue.as_str().into(), queue_opts, args)
             .await?;
-        channel
-            .queue_bind(
-                self.queue.as_str().into(),
-                self.exchange.as_str().into(),
-                self.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for key in [&self.routing_key, &self.refund_routing_key] {
+            channel
+                .queue_bind(
+                    self.queue.as_str().into(),
+                    self.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 }

@@ -70,6 +70,7 @@ pub fn describe_metrics() {
         "unsupported_version",
         "invalid",
         "unknown_payment",
+        "unknown_refund",
         "refused_by_database",
     ] {
         metrics::counter!("results_dead_lettered_total", "reason" => reason).increment(0);
@@ -78,7 +79,7 @@ pub fn describe_metrics() {
     for topic in [topics.events, topics.alerts] {
         metrics::counter!("events_published_total", "topic" => topic).increment(0);
     }
-    for kind in ["event", "payment_final"] {
+    for kind in ["event", "payment_final", "refund_final"] {
         metrics::counter!("results_duplicates_total", "kind" => kind).increment(0);
     }
     for (outcome, reason) in [
@@ -90,6 +91,17 @@ pub fn describe_metrics() {
             .increment(0);
     }
     metrics::counter!("payments_refused_total", "reason" => "insufficient_funds").increment(0);
+    for (outcome, reason) in [
+        ("succeeded", ""),
+        ("failed", "declined"),
+        ("failed", "not_refundable"),
+    ] {
+        metrics::counter!("refunds_finalized_total", "outcome" => outcome, "reason" => reason)
+            .increment(0);
+    }
+    for reason in ["payment_not_refundable", "exceeds_captured"] {
+        metrics::counter!("refunds_refused_total", "reason" => reason).increment(0);
+    }
     for name in [
         "payments_accepted_total",
         "deposits_total",
@@ -101,6 +113,10 @@ pub fn describe_metrics() {
         "results_consumed_total",
         "payment_outcome_conflicts_total",
         "payments_redrive_exhausted_total",
+        "refunds_accepted_total",
+        "refunds_refunded_minor_units_total",
+        "refund_outcome_conflicts_total",
+        "refunds_redriven_total",
     ] {
         metrics::counter!(name).increment(0);
     }

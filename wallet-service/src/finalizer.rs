@@ -1,4 +1,5 @@
-//! The result consumer: applies `payment.result` messages from Kafka to the database.
+//! The result consumer: applies `payment.result` and `refund.result` messages from Kafka to
+//! the database.
 //!
 //! Messages are taken in small batches and applied in one transaction; offsets are committed
 //! only after that transaction committed. A crash in between redelivers the batch, and the
@@ -8,12 +9,13 @@
 
 use crate::store::errors::refusal;
 use crate::store::payments::{self, Applied};
+use crate::store::refunds::{self, RefundOutcome};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use shared::backoff::Backoff;
-use shared::events::{decode_result, PaymentResult};
+use shared::events::{decode_decided, Decided, RefundResult};
 use shared::shutdown::Shutdown;
 use shared::status::PaymentStatus;
 use shared::topology::KafkaTopics;
@@ -59,6 +61,23 @@ pub fn describe_metrics() {
         "results_dead_lettered_total",
         "Results sent to the dead-letter topic, by reason."
     );
+    metrics::describe_counter!(
+        "refunds_finalized_total",
+        "Refunds moved to a final status, by outcome and reason."
+    );
+    metrics::describe_counter!(
+        "refunds_refunded_minor_units_total",
+        "Minor units credited back to wallets by succeeded refunds."
+    );
+    metrics::describe_histogram!(
+        "refund_finalization_seconds",
+        metrics::Unit::Seconds,
+        "Time from a refund's acceptance to its finalization."
+    );
+    metrics::describe_counter!(
+        "refund_outcome_conflicts_total",
+        "Refund results contradicting the refund's final status (logged for an operator)."
+    );
     metrics::describe_histogram!(
         "results_batch_duration_seconds",
         metrics::Unit::Seconds,
@@ -91,21 +110,50 @@ fn refused(e: &anyhow::Error) -> bool {
         .is_some_and(|e| refusal(e).is_some())
 }
 
-async fn apply_one(
-    conn: &mut sqlx::PgConnection,
-    r: &PaymentResult,
-) -> Result<Applied, sqlx::Error> {
-    let span = tracing::info_span!("finalize", payment_id = %r.payment_id, event_id = %r.event_id);
-    payments::finalize(
-        conn,
-        r.event_id,
-        r.payment_id,
-        r.outcome,
-        r.failure_reason,
-        r.gateway_reference.as_ref().map(|g| g.as_str()),
-    )
-    .instrument(span)
-    .await
+/// What applying one result did, for a payment or a refund.
+enum Done {
+    Payment(Applied),
+    Refund(refunds::Applied),
+}
+
+async fn apply_one(conn: &mut sqlx::PgConnection, d: &Decided) -> Result<Done, sqlx::Error> {
+    match d {
+        Decided::Payment(r) => {
+            let span =
+                tracing::info_span!("finalize", payment_id = %r.payment_id, event_id = %r.event_id);
+            payments::finalize(
+                conn,
+                r.event_id,
+                r.payment_id,
+                r.outcome,
+                r.failure_reason,
+                r.gateway_reference.as_ref().map(|g| g.as_str()),
+            )
+            .instrument(span)
+            .await
+            .map(Done::Payment)
+        }
+        Decided::Refund(r) => {
+            let span = tracing::info_span!(
+                "finalize_refund",
+                refund_id = %r.refund_id,
+                payment_id = %r.payment_id,
+                event_id = %r.event_id
+            );
+            let outcome = RefundOutcome {
+                event_id: r.event_id,
+                refund_id: r.refund_id,
+                payment_id: r.payment_id,
+                outcome: r.outcome,
+                failure_reason: r.failure_reason,
+                gateway_reference: r.gateway_reference.as_ref().map(|g| g.as_str()),
+            };
+            refunds::finalize(conn, &outcome)
+                .instrument(span)
+                .await
+                .map(Done::Refund)
+        }
+    }
 }
 
 /// Consecutive consumer errors for this long mean the consumer is stuck.
@@ -256,26 +304,27 @@ impl Finalizer {
         let start = std::time::Instant::now();
         let decoded: Vec<_> = batch
             .iter()
-            .map(|m| decode_result(m.payload().unwrap_or_default()))
+            .map(|m| decode_decided(m.payload().unwrap_or_default()))
             .collect();
 
         let mut tx = self.pool.begin().await?;
         let mut finalized = Vec::new();
         let mut dead = Vec::new();
         let mut conflicts = Vec::new();
+        let mut refunds_done = Vec::new();
         for (msg, d) in batch.iter().zip(&decoded) {
-            let r = match d {
+            let d = match d {
                 Err(poison) => {
                     dead.push((msg, poison.label(), poison.to_string()));
                     continue;
                 }
-                Ok(r) => r,
+                Ok(d) => d,
             };
             let applied = match mode {
-                Mode::Together => apply_one(&mut tx, r).await?,
+                Mode::Together => apply_one(&mut tx, d).await?,
                 Mode::OneByOne => {
                     let mut savepoint = (&mut tx).begin().await?;
-                    match apply_one(&mut savepoint, r).await {
+                    match apply_one(&mut savepoint, d).await {
                         Ok(applied) => {
                             savepoint.commit().await?;
                             applied
@@ -290,6 +339,19 @@ impl Finalizer {
                         },
                     }
                 }
+            };
+            let (r, applied) = match (d, applied) {
+                (Decided::Payment(r), Done::Payment(applied)) => (r, applied),
+                (Decided::Refund(r), Done::Refund(applied)) => {
+                    if let refunds::Applied::UnknownRefund = applied {
+                        let why = format!("no refund {}", r.refund_id);
+                        dead.push((msg, "unknown_refund", why));
+                    } else {
+                        refunds_done.push((r, applied));
+                    }
+                    continue;
+                }
+                _ => unreachable!("apply_one answers in the kind of its result"),
             };
             match applied {
                 Applied::Finalized {
@@ -360,6 +422,9 @@ impl Finalizer {
                 .record(pending_for.to_std().unwrap_or_default().as_secs_f64());
             tracing::info!(payment_id = %r.payment_id, %status, reason, "payment finalized");
         }
+        for (r, applied) in &refunds_done {
+            log_refund(r, applied);
+        }
         for (r, status, recorded_reference) in &conflicts {
             metrics::counter!("payment_outcome_conflicts_total").increment(1);
             tracing::error!(
@@ -424,5 +489,61 @@ impl Finalizer {
         }
         self.consumer.commit(&tpl, CommitMode::Async)?;
         Ok(())
+    }
+}
+
+/// Metrics and the log line for one applied refund result.
+fn log_refund(r: &RefundResult, applied: &refunds::Applied) {
+    let reason = r.failure_reason.map(|f| f.as_str()).unwrap_or("");
+    match applied {
+        refunds::Applied::Finalized {
+            status,
+            amount,
+            pending_for,
+        } => {
+            metrics::counter!(
+                "refunds_finalized_total",
+                "outcome" => status.as_str(),
+                "reason" => reason
+            )
+            .increment(1);
+            metrics::histogram!("refund_finalization_seconds")
+                .record(pending_for.to_std().unwrap_or_default().as_secs_f64());
+            if *status == PaymentStatus::Succeeded {
+                metrics::counter!("refunds_refunded_minor_units_total").increment(*amount as u64);
+                tracing::info!(
+                    refund_id = %r.refund_id,
+                    payment_id = %r.payment_id,
+                    amount,
+                    "refund succeeded; wallet credited",
+                );
+            } else {
+                tracing::info!(
+                    refund_id = %r.refund_id,
+                    payment_id = %r.payment_id,
+                    reason,
+                    "refund failed; its reservation on the payment is released",
+                );
+            }
+        }
+        refunds::Applied::DuplicateEvent => {
+            metrics::counter!("results_duplicates_total", "kind" => "event").increment(1);
+        }
+        refunds::Applied::AlreadyFinal { status } if *status == PaymentStatus::from(r.outcome) => {
+            metrics::counter!("results_duplicates_total", "kind" => "refund_final").increment(1);
+        }
+        refunds::Applied::AlreadyFinal { status } => {
+            metrics::counter!("refund_outcome_conflicts_total").increment(1);
+            tracing::error!(
+                refund_id = %r.refund_id,
+                payment_id = %r.payment_id,
+                event_id = %r.event_id,
+                recorded_status = %status,
+                reported_outcome = r.outcome.as_str(),
+                reported_reason = reason,
+                "CONFLICT: the gateway reports a refund outcome that contradicts the refund's final status; nothing was changed, an operator must reconcile it with the gateway"
+            );
+        }
+        refunds::Applied::UnknownRefund => {}
     }
 }

@@ -1,5 +1,5 @@
-//! The reconciler: a payment still `pending` past a deadline is sent through the outbox
-//! again.
+//! The reconciler: a payment or a refund still `pending` past a deadline is sent through
+//! the outbox again.
 //!
 //! A request can be lost downstream (dead-lettered after repeated unknown outcomes, a queue
 //! purged by an operator); re-driving is always safe because the gateway charges a payment
@@ -12,8 +12,8 @@
 //! budget, rather than growing with pending payments × minutes of outage.
 
 use crate::outbox;
-use shared::events::{PaymentRequested, RequestedPayment};
-use shared::ids::{EventId, PaymentId, WalletId};
+use shared::events::{PaymentRequested, RefundRequested, RequestedPayment, RequestedRefund};
+use shared::ids::{EventId, PaymentId, RefundId, WalletId};
 use shared::money::{Amount, Currency};
 use shared::shutdown::Shutdown;
 use sqlx::PgPool;
@@ -73,6 +73,20 @@ pub fn describe_metrics() {
         metrics::Unit::Seconds,
         "Age of the oldest pending payment."
     );
+    metrics::describe_gauge!("refunds_pending", "Refunds accepted and not yet finalized.");
+    metrics::describe_gauge!(
+        "refunds_pending_oldest_age_seconds",
+        metrics::Unit::Seconds,
+        "Age of the oldest pending refund."
+    );
+    metrics::describe_counter!(
+        "refunds_redriven_total",
+        "Pending refunds re-sent through the outbox after the reconciler deadline."
+    );
+    metrics::describe_gauge!(
+        "refunds_needing_attention",
+        "Pending refunds flagged for an operator after their re-drive budget was spent."
+    );
 }
 
 impl Reconciler {
@@ -99,6 +113,15 @@ impl Reconciler {
                 }
                 Err(e) => tracing::warn!(error = %e, "reconciler pass failed; will retry"),
             }
+            match self.redrive_refunds().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(refunds = n, "re-drove refunds pending past their deadline")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciler pass over refunds failed; will retry")
+                }
+            }
         }
         tracing::info!("reconciler stopped");
     }
@@ -116,6 +139,16 @@ impl Reconciler {
         metrics::gauge!("payments_pending_oldest_age_seconds").set(age);
         metrics::gauge!("payments_needing_attention").set(attention as f64);
         metrics::gauge!("payment_outcome_conflicts_open").set(conflicts as f64);
+        let (count, age, attention): (i64, f64, i64) = sqlx::query_as(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0),
+                    count(*) FILTER (WHERE attention_since IS NOT NULL)
+             FROM refunds WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        metrics::gauge!("refunds_pending").set(count as f64);
+        metrics::gauge!("refunds_pending_oldest_age_seconds").set(age);
+        metrics::gauge!("refunds_needing_attention").set(attention as f64);
         Ok(())
     }
 
@@ -199,6 +232,100 @@ impl Reconciler {
         metrics::counter!("payments_redrive_exhausted_total").increment(flagged.len() as u64);
         Ok(redriven.len())
     }
+}
+
+impl Reconciler {
+    /// [`Reconciler::redrive_batch`] for refunds: the same policy, on the refunds table.
+    /// Re-driving a refund is safe for the same reasons: the gateway refunds a refund id at
+    /// most once and the wallet applies a refund's result at most once.
+    pub async fn redrive_refunds(&self) -> Result<usize, sqlx::Error> {
+        let p = self.policy;
+        let mut tx = self.pool.begin().await?;
+        let overdue: Vec<OverdueRefund> = sqlx::query_as(
+            "SELECT r.id, r.payment_id, r.wallet_id, r.amount, r.currency, p.merchant_id,
+                    r.redrive_count
+             FROM refunds r JOIN payments p ON p.id = r.payment_id
+             WHERE r.status = 'pending' AND r.attention_since IS NULL
+               AND COALESCE(r.last_redrive_at, r.created_at)
+                   + make_interval(secs => LEAST($1 * power(2, LEAST(r.redrive_count, 30)), $2)) < now()
+             ORDER BY r.created_at LIMIT $3
+             FOR UPDATE OF r SKIP LOCKED",
+        )
+        .bind(p.deadline.as_secs_f64())
+        .bind(p.max_backoff.as_secs_f64())
+        .bind(self.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut redriven = Vec::new();
+        let mut flagged = Vec::new();
+        for o in &overdue {
+            if o.redrive_count >= p.max_redrives {
+                flagged.push(o.id);
+                continue;
+            }
+            let (Ok(amount), Ok(currency)) =
+                (Amount::new(o.amount), o.currency.parse::<Currency>())
+            else {
+                tracing::error!(refund_id = %o.id, "pending refund has an invalid amount or currency; not re-driven");
+                continue;
+            };
+            let event = RefundRequested::new(
+                EventId::new(),
+                chrono::Utc::now(),
+                RequestedRefund {
+                    id: RefundId(o.id),
+                    payment_id: PaymentId(o.payment_id),
+                    wallet_id: WalletId(o.wallet_id),
+                    amount,
+                    currency,
+                    merchant_id: o.merchant_id.clone(),
+                },
+            );
+            outbox::enqueue_refund(&mut tx, &event, &shared::trace::new_traceparent()).await?;
+            tracing::warn!(
+                refund_id = %o.id,
+                payment_id = %o.payment_id,
+                redrive = o.redrive_count + 1,
+                of = p.max_redrives,
+                "refund still pending past its deadline; re-driving it"
+            );
+            redriven.push(o.id);
+        }
+        sqlx::query(
+            "UPDATE refunds SET redrive_count = redrive_count + 1, last_redrive_at = now() \
+             WHERE id = ANY($1)",
+        )
+        .bind(&redriven)
+        .execute(&mut *tx)
+        .await?;
+        if !flagged.is_empty() {
+            sqlx::query("UPDATE refunds SET attention_since = now() WHERE id = ANY($1)")
+                .bind(&flagged)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        for id in &flagged {
+            tracing::error!(
+                refund_id = %id,
+                redrives = p.max_redrives,
+                "refund still pending after its last re-drive; no more re-drives, its amount stays reserved on the payment: an operator must check it with the gateway"
+            );
+        }
+        metrics::counter!("refunds_redriven_total").increment(redriven.len() as u64);
+        Ok(redriven.len())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct OverdueRefund {
+    id: Uuid,
+    payment_id: Uuid,
+    wallet_id: Uuid,
+    amount: i64,
+    currency: String,
+    merchant_id: String,
+    redrive_count: i32,
 }
 
 #[derive(sqlx::FromRow)]

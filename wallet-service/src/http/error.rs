@@ -16,6 +16,12 @@ pub enum ApiError {
     WalletNotFound,
     #[error("payment not found")]
     PaymentNotFound,
+    #[error("refund not found")]
+    RefundNotFound,
+    #[error("only a succeeded payment can be refunded; this one is {status}")]
+    PaymentNotRefundable { status: &'static str },
+    #[error("the refund exceeds what is left to refund of the captured amount: {refundable} left")]
+    RefundExceedsCaptured { refundable: i64 },
     #[error("no route for this path")]
     RouteNotFound,
     #[error("method not allowed on this route")]
@@ -79,15 +85,18 @@ impl ApiError {
         match self {
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            WalletNotFound | PaymentNotFound | RouteNotFound => StatusCode::NOT_FOUND,
+            WalletNotFound | PaymentNotFound | RefundNotFound | RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Malformed(_) | IdempotencyKeyMissing => StatusCode::BAD_REQUEST,
             Validation(_)
             | IdempotencyKeyReused
             | InsufficientFunds { .. }
+            | RefundExceedsCaptured { .. }
             | CurrencyMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            IdempotencyKeyInUse => StatusCode::CONFLICT,
+            IdempotencyKeyInUse | PaymentNotRefundable { .. } => StatusCode::CONFLICT,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable(_) | Timeout(_) | SignInUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,6 +110,9 @@ impl ApiError {
             Forbidden(_) => "forbidden",
             WalletNotFound => "wallet_not_found",
             PaymentNotFound => "payment_not_found",
+            RefundNotFound => "refund_not_found",
+            PaymentNotRefundable { .. } => "payment_not_refundable",
+            RefundExceedsCaptured { .. } => "refund_exceeds_captured",
             RouteNotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             Malformed(_) => "malformed_request",
@@ -124,6 +136,9 @@ impl ApiError {
             Forbidden(_) => "Forbidden",
             WalletNotFound => "Wallet not found",
             PaymentNotFound => "Payment not found",
+            RefundNotFound => "Refund not found",
+            PaymentNotRefundable { .. } => "Payment not refundable",
+            RefundExceedsCaptured { .. } => "Refund exceeds captured amount",
             RouteNotFound => "Not found",
             MethodNotAllowed => "Method not allowed",
             Malformed(_) => "Malformed request",
@@ -153,7 +168,7 @@ impl ApiError {
             ApiError::Internal(_) => "an unexpected error occurred; it has been logged".to_owned(),
             other => other.to_string(),
         };
-        json!({
+        let mut doc = json!({
             "type": format!(
                 "https://docs.wallet.example/problems/{}",
                 self.code().replace('_', "-")
@@ -162,7 +177,12 @@ impl ApiError {
             "status": self.status().as_u16(),
             "detail": detail,
             "code": self.code(),
-        })
+        });
+        if let ApiError::RefundExceedsCaptured { refundable } = self {
+            // What is left, as a number a client can act on without parsing `detail`.
+            doc["refundable"] = json!(refundable);
+        }
+        doc
     }
 }
 

@@ -6,6 +6,7 @@ mod guard;
 mod ops;
 mod payments;
 pub mod rate_limit;
+mod refunds;
 mod wallets;
 
 use crate::signin::Verifier;
@@ -69,6 +70,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/wallets/{id}/summary", get(wallets::summary))
         .route("/v1/payments", post(payments::create).get(payments::list))
         .route("/v1/payments/{id}", get(payments::get))
+        .route(
+            "/v1/payments/{id}/refunds",
+            post(refunds::create).get(refunds::list),
+        )
+        .route("/v1/refunds/{id}", get(refunds::get))
         .route("/healthz", get(shared::telemetry::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(ops::openapi))

@@ -195,7 +195,9 @@ pub async fn transactions(
         .get("kind")
         .map(|k| {
             EntryKind::parse(k).ok_or_else(|| {
-                ApiError::Validation("`kind` must be deposit, hold, capture or release".into())
+                ApiError::Validation(
+                    "`kind` must be deposit, hold, capture, release or refund".into(),
+                )
             })
         })
         .transpose()?;
@@ -246,6 +248,7 @@ pub async fn summary(
             "deposits": t.deposits,
             "captured": t.captured,
             "released": t.released,
+            "refunded": t.refunded,
             "pending": t.pending,
             "min_payment": t.min_payment,
             "max_payment": t.max_payment,

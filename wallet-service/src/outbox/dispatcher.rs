@@ -225,7 +225,7 @@ impl Dispatcher {
             let confirm = channel
                 .basic_publish(
                     self.topology.exchange.as_str().into(),
-                    self.topology.routing_key.as_str().into(),
+                    self.topology.routing_key_for(event_type).into(),
                     // Mandatory: an unroutable message comes back instead of vanishing.
                     BasicPublishOptions {
                         mandatory: true,
@@ -242,7 +242,7 @@ impl Dispatcher {
         for (id, payment_id, confirm) in pending {
             match confirm.await {
                 Ok(lapin::Confirmation::Ack(None)) => {
-                    tracing::debug!(%payment_id, event_id = %id, "payment request published");
+                    tracing::debug!(%payment_id, event_id = %id, "request published");
                     published.push(id);
                 }
                 Ok(_) => {

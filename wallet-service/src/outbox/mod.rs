@@ -6,7 +6,7 @@ pub mod dispatcher;
 pub mod relay;
 
 use serde::Serialize;
-use shared::events::PaymentRequested;
+use shared::events::{PaymentRequested, RefundRequested};
 use shared::notifications::{Fact, Notification, Stream};
 use shared::shutdown::Shutdown;
 use sqlx::postgres::PgListener;
@@ -75,7 +75,7 @@ async fn listen(pool: &sqlx::PgPool, channel: &str) -> Option<PgListener> {
 /// Where an outbox row is relayed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
-    /// `payment.requested` to RabbitMQ, for the processor.
+    /// `payment.requested` and `refund.requested` to RabbitMQ, for the processor.
     Payments,
     /// `payment.finalized` / `wallet.deposited` to Kafka `payment.events`.
     Events,
@@ -146,6 +146,27 @@ pub async fn enqueue(
             channel: Channel::Payments,
             id: event.event_id.0,
             aggregate_id: event.payment.id.0,
+            kind: &event.kind,
+            event,
+            traceparent: Some(traceparent),
+        },
+    )
+    .await
+}
+
+/// Writes a `refund.requested` for the dispatcher (the payment hop's channel). Its
+/// correlation id is the payment's, like the payment's own request.
+pub async fn enqueue_refund(
+    conn: &mut PgConnection,
+    event: &RefundRequested,
+    traceparent: &str,
+) -> Result<(), sqlx::Error> {
+    write(
+        conn,
+        Row {
+            channel: Channel::Payments,
+            id: event.event_id.0,
+            aggregate_id: event.refund.payment_id.0,
             kind: &event.kind,
             event,
             traceparent: Some(traceparent),

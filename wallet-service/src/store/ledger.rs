@@ -15,6 +15,8 @@ pub enum EntryKind {
     Hold,
     Capture,
     Release,
+    /// A refund the gateway made, credited to `available`.
+    Refund,
 }
 
 impl EntryKind {
@@ -28,6 +30,7 @@ impl EntryKind {
             Self::Hold => "hold",
             Self::Capture => "capture",
             Self::Release => "release",
+            Self::Refund => "refund",
         }
     }
 }
@@ -40,6 +43,7 @@ impl TryFrom<String> for EntryKind {
             "hold" => Self::Hold,
             "capture" => Self::Capture,
             "release" => Self::Release,
+            "refund" => Self::Refund,
             _ => return Err(format!("unknown ledger entry kind {s:?}")),
         })
     }
@@ -65,13 +69,15 @@ pub struct Entry {
     pub kind: EntryKind,
     pub amount: i64,
     pub payment_id: Option<Uuid>,
+    /// Set on `refund` entries only.
+    pub refund_id: Option<Uuid>,
     pub available_after: i64,
     pub held_after: i64,
     pub created_at: DateTime<Utc>,
 }
 
 const ENTRY_COLUMNS: &str =
-    "seq, id, kind, amount, payment_id, available_after, held_after, created_at";
+    "seq, id, kind, amount, payment_id, refund_id, available_after, held_after, created_at";
 
 pub async fn append(conn: &mut PgConnection, e: NewEntry<'_>) -> Result<Entry, sqlx::Error> {
     sqlx::query_as(&format!(

@@ -5,6 +5,7 @@ pub mod cursor;
 pub mod errors;
 pub mod ledger;
 pub mod payments;
+pub mod refunds;
 pub mod summary;
 pub mod wallets;
 pub mod window;

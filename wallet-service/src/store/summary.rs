@@ -1,7 +1,8 @@
 //! Per-wallet totals over a time window, computed from the ledger alone so they agree with
 //! it exactly.
 //!
-//! For entries created in `[from, to)`: deposits, captures and releases counted and summed;
+//! For entries created in `[from, to)`: deposits, captures, releases and refunds counted and
+//! summed;
 //! `pending` is the holds placed in the window that had neither a capture nor a release
 //! before `to`; `min_payment`/`max_payment` range over the holds placed in the window (every
 //! accepted payment, whatever became of it).
@@ -22,6 +23,7 @@ pub struct Totals {
     pub deposits: Tally,
     pub captured: Tally,
     pub released: Tally,
+    pub refunded: Tally,
     pub pending: Tally,
     pub min_payment: Option<i64>,
     pub max_payment: Option<i64>,
@@ -35,6 +37,8 @@ struct Row {
     captured_total: i64,
     released_count: i64,
     released_total: i64,
+    refunded_count: i64,
+    refunded_total: i64,
     pending_count: i64,
     pending_total: i64,
     min_payment: Option<i64>,
@@ -54,6 +58,8 @@ const SUMMARY_SQL: &str = "
         COALESCE(sum(amount) FILTER (WHERE kind = 'capture'), 0)::bigint AS captured_total,
         count(*) FILTER (WHERE kind = 'release') AS released_count,
         COALESCE(sum(amount) FILTER (WHERE kind = 'release'), 0)::bigint AS released_total,
+        count(*) FILTER (WHERE kind = 'refund') AS refunded_count,
+        COALESCE(sum(amount) FILTER (WHERE kind = 'refund'), 0)::bigint AS refunded_total,
         count(*) FILTER (WHERE kind = 'hold' AND NOT settled) AS pending_count,
         COALESCE(sum(amount) FILTER (WHERE kind = 'hold' AND NOT settled), 0)::bigint AS pending_total,
         min(amount) FILTER (WHERE kind = 'hold') AS min_payment,
@@ -92,6 +98,10 @@ pub async fn totals(
         released: Tally {
             count: r.released_count,
             total: r.released_total,
+        },
+        refunded: Tally {
+            count: r.refunded_count,
+            total: r.refunded_total,
         },
         pending: Tally {
             count: r.pending_count,

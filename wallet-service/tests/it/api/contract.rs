@@ -249,11 +249,31 @@ impl Operation {
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn every_documented_constraint_is_what_the_validators_enforce(pool: PgPool) {
     let doc: Value = serde_json::from_str(DOC).expect("openapi.json parses");
-    let app = spawn(pool, Opts::default()).await;
+    let app = spawn(pool.clone(), Opts::default()).await;
     let owner = "contract-owner";
     let wallet = app.create_wallet(owner, "EUR").await;
     app.deposit(&wallet, 1_000_000, "EUR").await;
+    // A succeeded payment to refund (finalized through the store: no pipeline here).
+    let (_, paid) = app.pay_id(owner, &wallet, 500_000, "m-1").await;
+    wallet_service::store::payments::finalize(
+        &mut pool.acquire().await.unwrap(),
+        shared::ids::EventId::new(),
+        paid.parse().unwrap(),
+        shared::status::Outcome::Succeeded,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     let operations = [
+        Operation {
+            method: Method::POST,
+            template: "/v1/payments/{id}/refunds",
+            path: format!("/v1/payments/{paid}/refunds"),
+            token: admin_token(),
+            query: vec![],
+            body: Some(json!({"amount": 100, "reason": "returned"})),
+        },
         Operation {
             method: Method::POST,
             template: "/v1/wallets",

@@ -1,7 +1,8 @@
 //! The HTTP contract of API.md, against a real PostgreSQL (a fresh database per test), a
 //! module per area: wallets, payments, idempotency, access (authentication, ownership, rate
-//! limits), operations (operational endpoints, deadlines, lock timeouts, housekeeping) and
-//! contract (every constraint the OpenAPI document states, tried at its edges).
+//! limits), operations (operational endpoints, deadlines, lock timeouts, housekeeping),
+//! refunds (who may refund, reservations, refusals) and contract (every constraint the
+//! OpenAPI document states, tried at its edges).
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -12,6 +13,7 @@ mod contract;
 mod idempotency;
 mod operations;
 mod payments;
+mod refunds;
 mod wallets;
 
 async fn problem(r: reqwest::Response, status: StatusCode, code: &str) -> Value {

@@ -1,21 +1,25 @@
-//! The money invariant, checked against the database.
+//! The money invariants, checked against the database.
 
 use sqlx::PgPool;
 
-/// Per wallet: deposits = available + held + captured, from the ledger and the balances.
+/// Per wallet: deposits + refunds = available + held + captured, from the ledger and the
+/// balances, and no balance below zero. Per payment: what was refunded and what pending
+/// refunds reserve never exceed the capture, and `refunded` is the sum of its succeeded
+/// refunds, each with exactly one `refund` ledger entry.
 pub async fn assert_money_conserved(pool: &PgPool) {
-    let rows: Vec<(uuid::Uuid, i64, i64, i64, i64)> = sqlx::query_as(
+    let rows: Vec<(uuid::Uuid, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT w.id, w.available, w.held,
                 COALESCE((SELECT sum(amount) FROM ledger_entries WHERE wallet_id = w.id AND kind = 'deposit'), 0)::bigint,
-                COALESCE((SELECT sum(amount) FROM ledger_entries WHERE wallet_id = w.id AND kind = 'capture'), 0)::bigint
+                COALESCE((SELECT sum(amount) FROM ledger_entries WHERE wallet_id = w.id AND kind = 'capture'), 0)::bigint,
+                COALESCE((SELECT sum(amount) FROM ledger_entries WHERE wallet_id = w.id AND kind = 'refund'), 0)::bigint
          FROM wallets w",
     )
     .fetch_all(pool)
     .await
     .unwrap();
-    for (id, available, held, deposits, captured) in rows {
+    for (id, available, held, deposits, captured, refunds) in rows {
         assert_eq!(
-            deposits,
+            deposits + refunds,
             available + held + captured,
             "money not conserved in wallet {id}"
         );
@@ -24,4 +28,28 @@ pub async fn assert_money_conserved(pool: &PgPool) {
             "negative balance in wallet {id}"
         );
     }
+    let wrong: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT p.id, format('amount %s, refunded %s, reserved %s, succeeded refunds %s, \
+                              pending refunds %s, refund entries %s',
+                             p.amount, p.refunded, p.refund_reserved, s.succeeded, s.pending, e.entries)
+         FROM payments p
+         CROSS JOIN LATERAL (
+             SELECT COALESCE(sum(amount) FILTER (WHERE status = 'succeeded'), 0) AS succeeded,
+                    COALESCE(sum(amount) FILTER (WHERE status = 'pending'), 0) AS pending
+             FROM refunds r WHERE r.payment_id = p.id) s
+         CROSS JOIN LATERAL (
+             SELECT COALESCE(sum(amount), 0) AS entries
+             FROM ledger_entries l WHERE l.payment_id = p.id AND l.kind = 'refund') e
+         WHERE p.refunded + p.refund_reserved > p.amount
+            OR p.refunded <> s.succeeded OR p.refund_reserved <> s.pending
+            OR p.refunded <> e.entries
+            OR (p.refunded + p.refund_reserved > 0 AND p.status <> 'succeeded')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        wrong.is_empty(),
+        "refunds disagree with payments: {wrong:?}"
+    );
 }
