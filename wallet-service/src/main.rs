@@ -43,11 +43,11 @@ enum Command {
         #[command(flatten)]
         db: DbConfig,
     },
-    /// List what needs an operator: pending payments the reconciler gave up on, and results
-    /// that contradict a payment's final status. With a flag, act on one of them.
+    /// List what needs an operator: pending payments and refunds the reconciler gave up on,
+    /// and results that contradict a payment's final status. With a flag, act on one of them.
     Review {
-        /// Give this flagged payment a fresh re-drive budget (the gateway is back).
-        #[arg(long, value_name = "PAYMENT_ID", conflicts_with = "resolve")]
+        /// Give this flagged payment or refund a fresh re-drive budget (the gateway is back).
+        #[arg(long, value_name = "PAYMENT_OR_REFUND_ID", conflicts_with = "resolve")]
         redrive: Option<uuid::Uuid>,
         /// Mark this contradicting result (its event id) as settled.
         #[arg(long, value_name = "EVENT_ID")]
@@ -144,13 +144,16 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let pool = wallet_service::app::connect_db(&db).await?;
             if let Some(id) = redrive {
-                let done = wallet_service::review::redrive(&pool, id).await?;
-                anyhow::ensure!(
-                    done,
-                    "payment {id} is not pending and flagged for attention"
-                );
+                use wallet_service::review::Redriven;
+                let what = match wallet_service::review::redrive(&pool, id).await? {
+                    Redriven::Payment => "payment",
+                    Redriven::Refund => "refund",
+                    Redriven::Nothing => anyhow::bail!(
+                        "{id} is not a pending payment or refund flagged for attention"
+                    ),
+                };
                 println!(
-                    "payment {id}: re-drive budget reset; \
+                    "{what} {id}: re-drive budget reset; \
                      the reconciler sends it again at its next pass"
                 );
             } else if let Some(id) = resolve {

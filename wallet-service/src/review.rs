@@ -1,6 +1,7 @@
-//! `wallet-service review`: what needs an operator. Payments the reconciler gave up on
-//! (still pending, funds held, after their re-drive budget) and results that contradict a
-//! payment's final status. Each line says what to check; the actions are explicit flags.
+//! `wallet-service review`: what needs an operator. Payments and refunds the reconciler gave
+//! up on (still pending after their re-drive budget: a payment's funds held, a refund's
+//! amount reserved) and results that contradict a payment's final status. Each line says
+//! what to check; the actions are explicit flags.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,6 +13,17 @@ pub struct NeedsAttention {
     pub amount: i64,
     pub currency: String,
     pub merchant_id: String,
+    pub redrive_count: i32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub attention_since: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct RefundNeedsAttention {
+    pub id: Uuid,
+    pub payment_id: Uuid,
+    pub amount: i64,
+    pub currency: String,
     pub redrive_count: i32,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub attention_since: chrono::DateTime<chrono::Utc>,
@@ -44,6 +56,21 @@ pub async fn needing_attention(
     .await
 }
 
+/// Pending refunds flagged by the reconciler, oldest first (at most `limit`).
+pub async fn refunds_needing_attention(
+    pool: &PgPool,
+    limit: i64,
+) -> Result<Vec<RefundNeedsAttention>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, payment_id, amount, currency, redrive_count, created_at, attention_since
+         FROM refunds WHERE status = 'pending' AND attention_since IS NOT NULL
+         ORDER BY attention_since LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// Unresolved contradicting results, oldest first (at most `limit`).
 pub async fn open_conflicts(pool: &PgPool, limit: i64) -> Result<Vec<OpenConflict>, sqlx::Error> {
     sqlx::query_as(
@@ -57,17 +84,43 @@ pub async fn open_conflicts(pool: &PgPool, limit: i64) -> Result<Vec<OpenConflic
     .await
 }
 
-/// Gives a flagged payment a fresh re-drive budget (after the gateway is known to be back).
-/// Returns whether such a payment was flagged.
-pub async fn redrive(pool: &PgPool, payment: Uuid) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
-        "UPDATE payments SET attention_since = NULL, redrive_count = 0, last_redrive_at = NULL
-         WHERE id = $1 AND status = 'pending' AND attention_since IS NOT NULL",
-    )
-    .bind(payment)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected() == 1)
+/// What `--redrive ID` reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redriven {
+    Payment,
+    Refund,
+    /// No pending, flagged payment or refund has this id.
+    Nothing,
+}
+
+/// Gives a flagged payment or refund a fresh re-drive budget (after the gateway is known to
+/// be back).
+pub async fn redrive(pool: &PgPool, id: Uuid) -> Result<Redriven, sqlx::Error> {
+    let reset = |table: &str| {
+        format!(
+            "UPDATE {table} SET attention_since = NULL, redrive_count = 0, last_redrive_at = NULL
+             WHERE id = $1 AND status = 'pending' AND attention_since IS NOT NULL"
+        )
+    };
+    if sqlx::query(&reset("payments"))
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1
+    {
+        return Ok(Redriven::Payment);
+    }
+    if sqlx::query(&reset("refunds"))
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1
+    {
+        return Ok(Redriven::Refund);
+    }
+    Ok(Redriven::Nothing)
 }
 
 /// Marks a conflict as dealt with (what was done is recorded outside, e.g. a ticket).
@@ -86,6 +139,7 @@ pub async fn resolve_conflict(pool: &PgPool, event: Uuid) -> Result<bool, sqlx::
 pub async fn report(pool: &PgPool, limit: i64) -> Result<String, sqlx::Error> {
     use std::fmt::Write;
     let stuck = needing_attention(pool, limit).await?;
+    let refunds = refunds_needing_attention(pool, limit).await?;
     let conflicts = open_conflicts(pool, limit).await?;
     let mut out = String::new();
     let _ = writeln!(
@@ -107,6 +161,26 @@ pub async fn report(pool: &PgPool, limit: i64) -> Result<String, sqlx::Error> {
             p.attention_since,
             p.id,
             p.id
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} pending refund(s) need attention (re-drive budget spent, amount still reserved):",
+        refunds.len()
+    );
+    for r in &refunds {
+        let _ = writeln!(
+            out,
+            "  refund {} of payment {} {} {} accepted {} re-driven {}x, flagged {}\n    ask the gateway for the refunds of charge key {}; then `wallet-service review --redrive {}` once it answers",
+            r.id,
+            r.payment_id,
+            r.amount,
+            r.currency,
+            r.created_at,
+            r.redrive_count,
+            r.attention_since,
+            r.payment_id,
+            r.id
         );
     }
     let _ = writeln!(

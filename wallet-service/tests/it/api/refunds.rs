@@ -274,3 +274,76 @@ async fn the_database_refuses_reservations_beyond_the_capture(pool: PgPool) {
         "{e}"
     );
 }
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_refund_left_pending_is_redriven_then_flagged_for_an_operator(pool: PgPool) {
+    use wallet_service::reconciler::{Reconciler, RedrivePolicy};
+    use wallet_service::review::{self, Redriven};
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let paid = finalized_payment(&app, &pool, 5_000, Outcome::Succeeded).await;
+    let r = refund(&app, &paid, "r-lost", json!({"amount": 700})).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id: uuid::Uuid = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let requests = || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'refund.requested'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        n
+    };
+    assert_eq!(requests().await, 1);
+    let reconciler = Reconciler {
+        pool: pool.clone(),
+        policy: RedrivePolicy {
+            deadline: std::time::Duration::from_secs(60),
+            max_backoff: std::time::Duration::from_secs(60),
+            max_redrives: 1,
+        },
+        batch_size: 10,
+    };
+    // Not yet due: nothing is sent.
+    assert_eq!(reconciler.redrive_refunds().await.unwrap(), 0);
+    let age = |column: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&format!(
+                "UPDATE refunds SET {column} = now() - interval '1 hour' WHERE id = $1"
+            ))
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    age("created_at").await;
+    assert_eq!(reconciler.redrive_refunds().await.unwrap(), 1);
+    assert_eq!(requests().await, 2);
+    // Its budget (one re-drive) is spent: the next time it is flagged, not sent.
+    age("last_redrive_at").await;
+    assert_eq!(reconciler.redrive_refunds().await.unwrap(), 0);
+    assert_eq!(requests().await, 2);
+    let flagged = review::refunds_needing_attention(&pool, 10).await.unwrap();
+    assert_eq!(flagged.len(), 1);
+    assert_eq!((flagged[0].id, flagged[0].amount), (id, 700));
+    let report = review::report(&pool, 10).await.unwrap();
+    assert!(
+        report.contains("1 pending refund(s) need attention"),
+        "{report}"
+    );
+    assert!(report.contains(&format!("--redrive {id}")), "{report}");
+    // The reservation stays until the gateway answers.
+    assert_eq!(refund_columns(&pool, &paid).await, (0, 700));
+
+    assert_eq!(review::redrive(&pool, id).await.unwrap(), Redriven::Refund);
+    assert!(review::refunds_needing_attention(&pool, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(review::redrive(&pool, id).await.unwrap(), Redriven::Nothing);
+    assert_money_conserved(&pool).await;
+}
