@@ -70,7 +70,7 @@ async fn filters_narrow_lists_and_cursors_stay_stable_while_rows_arrive(pool: Pg
     )
     .await;
     assert_eq!(late_holds.len(), 4);
-    for bad in ["kind=refund", "from=now", "status=done"] {
+    for bad in ["kind=chargeback", "from=now", "status=done"] {
         let r = app
             .get(&format!("/v1/payments?{bad}"), &token("alice"))
             .await;
