@@ -25,6 +25,10 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/v1/charges", post(create_charge))
         .route("/v1/charges/{idempotency_key}", get(get_charge))
         .route("/v1/charges/{idempotency_key}/void", post(void_charge))
+        .route(
+            "/v1/charges/{idempotency_key}/refunds",
+            post(crate::refunds::create).get(crate::refunds::list),
+        )
         .route("/v1/stats", get(stats))
         .route("/v1/admin/behaviour", get(get_behaviour).put(put_behaviour))
         .route("/healthz", get(healthz))
@@ -38,6 +42,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
 }
 
 fn describe_metrics() {
+    crate::refunds::describe_metrics();
     metrics::describe_counter!(
         "gateway_charge_requests_total",
         "Charge requests answered, by result: succeeded, declined, unavailable, replayed, \
@@ -246,6 +251,8 @@ async fn void_charge(State(gw): State<Arc<Gateway>>, Path(key): Path<String>) ->
 
 async fn stats(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
     let (charges, declined, voided) = gw.store.counts();
+    let (refunds, refunds_declined, refunded_amount) =
+        crate::store::lock(&gw.store.keys).refunds.counts();
     Json(json!({
         "charges": charges,
         "declined": declined,
@@ -253,6 +260,9 @@ async fn stats(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
         "requests": gw.requests.load(Relaxed),
         "replays": gw.replays.load(Relaxed),
         "unavailable": gw.unavailable.load(Relaxed),
+        "refunds": refunds,
+        "refunds_declined": refunds_declined,
+        "refunded_amount": refunded_amount,
     }))
 }
 
@@ -277,11 +287,11 @@ async fn put_behaviour(
     }
 }
 
-fn error(status: StatusCode, code: &'static str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &'static str) -> Response {
     (status, Json(json!({ "error": code }))).into_response()
 }
 
-fn invalid_request(detail: impl Into<String>) -> Response {
+pub(crate) fn invalid_request(detail: impl Into<String>) -> Response {
     let body = json!({ "error": "invalid_request", "detail": detail.into() });
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }

@@ -8,10 +8,12 @@
 
 mod config;
 mod http;
+mod refunds;
 mod store;
 
 pub use config::{Behaviour, BehaviourPatch, Config};
 pub use http::app;
+pub use refunds::Refund;
 pub use store::{Charge, ChargeStatus};
 
 use std::net::SocketAddr;
@@ -77,6 +79,8 @@ impl Gateway {
         match merchant_id {
             "test_unavailable" => None,
             "test_decline" => Some(ChargeStatus::Declined),
+            // Charges succeed so that its refunds can be declined (`refunds.rs`).
+            refunds::DECLINES_REFUNDS => Some(ChargeStatus::Succeeded),
             _ => {
                 let mut rng = lock(&self.rng);
                 if rng.f64() < behaviour.error_rate {
@@ -88,6 +92,13 @@ impl Gateway {
                 }
             }
         }
+    }
+}
+
+impl Gateway {
+    /// Whether this request meets a simulated outage (`error_rate`).
+    fn outage(&self, behaviour: &Behaviour) -> bool {
+        lock(&self.rng).f64() < behaviour.error_rate
     }
 }
 

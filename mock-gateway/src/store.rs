@@ -1,5 +1,6 @@
 //! Charges by idempotency key, the keys being processed, and the optional append-only
-//! file that lets the gateway remember its charges across restarts.
+//! file that lets the gateway remember its charges (and their refunds, `refunds.rs`) across
+//! restarts.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -37,15 +38,25 @@ pub enum Claim {
 }
 
 #[derive(Default)]
-struct Keys {
-    charges: HashMap<String, Charge>,
-    in_flight: HashSet<String>,
+pub(crate) struct Keys {
+    pub(crate) charges: HashMap<String, Charge>,
+    pub(crate) in_flight: HashSet<String>,
+    pub(crate) refunds: crate::refunds::Refunds,
+}
+
+/// One line of the data file: a charge, or a refund of one (told apart by the refund's
+/// `charge_key`, which a charge line never has).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Record {
+    Refund(crate::refunds::Refund),
+    Charge(Charge),
 }
 
 pub struct Store {
     // One lock over both sets, so "not charged and not in flight" is checked and the key
     // reserved in one step: two requests with the same key can never both charge.
-    keys: Mutex<Keys>,
+    pub(crate) keys: Mutex<Keys>,
     file: Option<Mutex<File>>,
 }
 
@@ -86,13 +97,24 @@ impl Store {
             if line.is_empty() {
                 continue;
             }
-            let charge: Charge = serde_json::from_slice(line)
-                .with_context(|| format!("{}:{}: not a charge", path.display(), n + 1))?;
-            keys.charges
-                .entry(charge.idempotency_key.clone())
-                .or_insert(charge);
+            let record: Record = serde_json::from_slice(line).with_context(|| {
+                format!("{}:{}: not a charge or a refund", path.display(), n + 1)
+            })?;
+            match record {
+                Record::Charge(charge) => {
+                    keys.charges
+                        .entry(charge.idempotency_key.clone())
+                        .or_insert(charge);
+                }
+                Record::Refund(refund) => keys.refunds.insert(refund),
+            }
         }
-        tracing::info!(path = %path.display(), charges = keys.charges.len(), "loaded charges");
+        tracing::info!(
+            path = %path.display(),
+            charges = keys.charges.len(),
+            refunds = keys.refunds.len(),
+            "loaded charges and refunds",
+        );
         Ok(Self {
             keys: Mutex::new(keys),
             file: Some(Mutex::new(file)),
@@ -139,6 +161,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Appends one record to the data file and fsyncs it (nothing without a file). Blocking.
+    pub(crate) fn append(&self, record: &impl Serialize) -> io::Result<()> {
+        if let Some(file) = &self.file {
+            let mut line = serde_json::to_vec(record)?;
+            line.push(b'\n');
+            let mut file = lock(file);
+            file.write_all(&line)?;
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
 /// A key reserved by one request; dropping it without [`InFlight::record`] (an unavailable
 /// answer) frees the key uncharged.
 pub struct InFlight {
@@ -151,13 +187,7 @@ impl InFlight {
     /// call it from a blocking thread.
     pub fn record(self, charge: Charge) -> io::Result<Charge> {
         debug_assert_eq!(charge.idempotency_key, self.key);
-        if let Some(file) = &self.store.file {
-            let mut line = serde_json::to_vec(&charge)?;
-            line.push(b'\n');
-            let mut file = lock(file);
-            file.write_all(&line)?;
-            file.sync_data()?;
-        }
+        self.store.append(&charge)?;
         lock(&self.store.keys)
             .charges
             .insert(self.key.clone(), charge.clone());

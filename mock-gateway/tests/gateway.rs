@@ -82,7 +82,7 @@ async fn same_key_returns_the_same_charge_once() {
     let (_, stats) = get_json(&gw, &client, "/v1/stats").await;
     assert_eq!(
         stats,
-        json!({ "charges": 1, "declined": 0, "requests": 2, "replays": 1, "unavailable": 0, "voided": 0 })
+        json!({ "charges": 1, "declined": 0, "requests": 2, "replays": 1, "unavailable": 0, "voided": 0, "refunds": 0, "refunds_declined": 0, "refunded_amount": 0 })
     );
 }
 
@@ -120,7 +120,7 @@ async fn test_unavailable_merchant_answers_503_and_records_nothing() {
     let (_, stats) = get_json(&gw, &client, "/v1/stats").await;
     assert_eq!(
         stats,
-        json!({ "charges": 0, "declined": 0, "requests": 2, "replays": 0, "unavailable": 2, "voided": 0 })
+        json!({ "charges": 0, "declined": 0, "requests": 2, "replays": 0, "unavailable": 2, "voided": 0, "refunds": 0, "refunds_declined": 0, "refunded_amount": 0 })
     );
 }
 
