@@ -107,6 +107,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
     pub poll_share: f64,
 
+    /// Share of ordinary payments the admin refunds once they are seen succeeded (they are
+    /// polled): half in full, half in two parts. Refunds must be credited exactly once and
+    /// agree with the gateway (checked after the run).
+    #[arg(long, default_value_t = 0.05, value_parser = parse_share)]
+    pub refund_share: f64,
+
     /// Interval between two polls of a sampled payment.
     #[arg(long, default_value = "25ms", value_parser = parse_duration)]
     pub poll_interval: Duration,

@@ -213,6 +213,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         refuse_share: args.refuse_share,
         retry_share: args.retry_share,
         poll_share: args.poll_share,
+        refund_share: args.refund_share,
     };
 
     let wall_t0 = chrono::Utc::now();
@@ -223,6 +224,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         run_id.clone(),
         wallets,
         schedule.clone(),
+        admin,
     ));
     let poller = run::load(ctx.clone()).await;
     let load_end = Instant::now();
@@ -233,8 +235,10 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             secs(args.drain_timeout)
         );
     }
-    let verdict = check::verify(&ctx, load_end, wall_t0, &gateway_before).await?;
+    // The poller ends once every sampled payment is final; the refunds it started are
+    // awaited by the checks.
     let _ = poller.await;
+    let verdict = check::verify(&ctx, load_end, wall_t0, &gateway_before).await?;
     run::stop_scraper(&ctx);
 
     let stamp = started_at.format("%Y%m%dT%H%M%SZ");

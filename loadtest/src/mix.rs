@@ -34,6 +34,8 @@ pub struct PayOp {
     pub retry: bool,
     /// Poll it until final to observe finalization from the outside.
     pub poll: bool,
+    /// Once seen succeeded (it is polled), refund it: in full, or (odd `n`) in two parts.
+    pub refund: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,7 @@ pub struct Mix {
     pub refuse_share: f64,
     pub retry_share: f64,
     pub poll_share: f64,
+    pub refund_share: f64,
 }
 
 const PAY_STREAM: u64 = 0x7061_7900;
@@ -98,6 +101,8 @@ impl Mix {
         };
         let retry = r.f64() < self.retry_share;
         let poll = kind != PayKind::Refuse && r.f64() < self.poll_share;
+        // Drawn last, so the rest of the mix is the same whatever the refund share.
+        let refund = kind == PayKind::Normal && r.f64() < self.refund_share;
         PayOp {
             n,
             wallet,
@@ -105,7 +110,8 @@ impl Mix {
             kind,
             merchant,
             retry,
-            poll,
+            poll: poll || refund,
+            refund,
         }
     }
 
@@ -137,6 +143,7 @@ mod tests {
             refuse_share: 0.05,
             retry_share: 0.2,
             poll_share: 0.3,
+            refund_share: 0.1,
         }
     }
 
@@ -161,6 +168,12 @@ mod tests {
         assert!((share(&|o| o.kind == PayKind::Refuse) - 0.05).abs() < 0.01);
         assert!((share(&|o| o.kind == PayKind::Decline) - 0.1).abs() < 0.01);
         assert!((share(&|o| o.retry) - 0.2).abs() < 0.015);
+        // Refunds: a tenth of the ordinary payments, each of them polled.
+        let normal = share(&|o| o.kind == PayKind::Normal);
+        assert!((share(&|o| o.refund) / normal - 0.1).abs() < 0.015);
+        assert!(ops
+            .iter()
+            .all(|o| !o.refund || (o.poll && o.kind == PayKind::Normal)));
         for o in &ops {
             assert!(o.wallet < 100);
             match o.kind {

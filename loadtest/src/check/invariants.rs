@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
 
-fn check(name: &str, ok: bool, detail: String) -> Check {
+pub(super) fn check(name: &str, ok: bool, detail: String) -> Check {
     Check {
         name: name.to_owned(),
         ok,
@@ -76,6 +76,7 @@ pub struct WalletAudit {
     pub foreign: Vec<String>,
     pub deposited: i64,
     pub captured: i64,
+    pub refunded: i64,
     pub entries: usize,
 }
 
@@ -95,6 +96,15 @@ impl WalletAudit {
                 by_wallet[w].insert(id.as_str(), (amount, p.status.as_str()));
             }
         }
+        // The run's succeeded refunds by wallet and payment.
+        let records = crate::run::lock(&ctx.refunds);
+        let mut refunds: Vec<HashMap<&str, Vec<i64>>> = vec![HashMap::new(); ctx.wallets.len()];
+        for r in records.iter().filter(|r| r.status == "succeeded") {
+            refunds[r.wallet]
+                .entry(r.payment_id.as_str())
+                .or_default()
+                .push(r.amount);
+        }
         let mut a = Self {
             entries: held.ledgers.iter().map(Vec::len).sum(),
             ..Self::default()
@@ -102,7 +112,13 @@ impl WalletAudit {
         for (i, w) in ctx.wallets.iter().enumerate() {
             let balance = balances.get(i).copied().flatten();
             let captured = finals.captured[i];
-            let view = read_ledger(&held.ledgers[i], &w.deposit_id, &by_wallet[i], balance);
+            let view = read_ledger(
+                &held.ledgers[i],
+                &w.deposit_id,
+                &by_wallet[i],
+                &refunds[i],
+                balance,
+            );
             a.ledger
                 .extend(view.problems.iter().map(|p| format!("{}: {p}", w.id)));
             if view.deposits != w.deposited || !view.foreign_deposits.is_empty() {
@@ -113,14 +129,15 @@ impl WalletAudit {
             }
             a.deposited += view.deposits;
             a.captured += captured;
+            a.refunded += view.refunds;
             let Some(b) = balance else {
                 a.money.push(format!("{}: balance unreadable", w.id));
                 continue;
             };
-            if view.deposits != b.available + b.held + captured {
+            if view.deposits + view.refunds != b.available + b.held + captured {
                 a.money.push(format!(
-                    "{}: deposited {} != available {} + held {} + captured {captured}",
-                    w.id, view.deposits, b.available, b.held
+                    "{}: deposited {} + refunded {} != available {} + held {} + captured {captured}",
+                    w.id, view.deposits, view.refunds, b.available, b.held
                 ));
             }
             if b.held != 0 {
@@ -131,16 +148,19 @@ impl WalletAudit {
     }
 }
 
-/// Check 3: Per wallet, deposits = available + held + captured.
+/// Check 3: Per wallet, deposits + refunds = available + held + captured.
 pub fn money_conserved(ctx: &Ctx, a: &WalletAudit, succeeded: u64) -> Check {
     let detail = if a.money.is_empty() {
-        let (n, dep, cap) = (ctx.wallets.len(), a.deposited, a.captured);
-        format!("{n} wallets: {dep} deposited, {cap} captured by {succeeded} succeeded payments")
+        let (n, dep, cap, re) = (ctx.wallets.len(), a.deposited, a.captured, a.refunded);
+        format!(
+            "{n} wallets: {dep} deposited, {cap} captured by {succeeded} succeeded payments, \
+             {re} refunded"
+        )
     } else {
         format!("{} wallets off: {}", a.money.len(), examples(&a.money))
     };
     check(
-        "per wallet: deposits = available + held + captured",
+        "per wallet: deposits + refunds = available + held + captured",
         a.money.is_empty(),
         detail,
     )

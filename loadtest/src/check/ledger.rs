@@ -9,21 +9,26 @@ use std::collections::HashMap;
 pub struct LedgerView {
     /// Sum of deposit entries.
     pub deposits: i64,
+    /// Sum of refund entries.
+    pub refunds: i64,
     /// Deposit entries other than the run's own deposit.
     pub foreign_deposits: Vec<(String, i64)>,
     /// Disagreements between the ledger and the payments or the balance.
     pub problems: Vec<String>,
 }
 
-/// `payments`: the run's final payments in this wallet (id → (amount, status)).
+/// `payments`: the run's final payments in this wallet (id → (amount, status));
+/// `refunds`: the amounts of the run's succeeded refunds, by payment id.
 pub fn read_ledger(
     entries: &[Entry],
     own_deposit: &str,
     payments: &HashMap<&str, (i64, &str)>,
+    refunds: &HashMap<&str, Vec<i64>>,
     balance: Option<Balance>,
 ) -> LedgerView {
     let mut v = LedgerView::default();
     let mut by_payment: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
+    let mut refunded: HashMap<&str, Vec<i64>> = HashMap::new();
     for e in entries {
         match (e.kind.as_str(), e.payment_id.as_deref()) {
             ("deposit", _) => {
@@ -31,6 +36,10 @@ pub fn read_ledger(
                 if e.id != own_deposit {
                     v.foreign_deposits.push((e.id.clone(), e.amount));
                 }
+            }
+            ("refund", Some(p)) => {
+                v.refunds += e.amount;
+                refunded.entry(p).or_default().push(e.amount);
             }
             (kind, Some(p)) => by_payment.entry(p).or_default().push((kind, e.amount)),
             (kind, None) => v
@@ -55,6 +64,23 @@ pub fn read_ledger(
     for (id, got) in by_payment {
         v.problems.push(format!(
             "entries {got:?} for payment {id}, not one of the run's"
+        ));
+    }
+    // One `refund` entry per succeeded refund, of its amount, and no other.
+    for (id, want) in refunds {
+        let mut want = want.clone();
+        let mut got = refunded.remove(id).unwrap_or_default();
+        want.sort_unstable();
+        got.sort_unstable();
+        if got != want {
+            v.problems.push(format!(
+                "payment {id}: refund entries {got:?}, succeeded refunds {want:?}"
+            ));
+        }
+    }
+    for (id, got) in refunded {
+        v.problems.push(format!(
+            "refund entries {got:?} for payment {id}, which the run did not refund"
         ));
     }
     if let (Some(last), Some(b)) = (entries.first(), balance) {
@@ -99,7 +125,8 @@ mod tests {
             available: 970,
             held: 0,
         });
-        let v = read_ledger(&entries, "d1", &payments, balance);
+        let none = HashMap::new();
+        let v = read_ledger(&entries, "d1", &payments, &none, balance);
         assert_eq!(
             v,
             LedgerView {
@@ -114,12 +141,40 @@ mod tests {
         more.insert(0, entry("x9", "deposit", 5, None, (975, 0)));
         more.insert(0, entry("x8", "hold", 7, Some("p9"), (968, 7)));
         more.retain(|e| e.id != "e4");
-        let v = read_ledger(&more, "d1", &payments, balance);
+        let v = read_ledger(&more, "d1", &payments, &none, balance);
         assert_eq!(v.deposits, 1005);
         assert_eq!(v.foreign_deposits, vec![("x9".to_owned(), 5)]);
         assert_eq!(v.problems.len(), 3, "{:?}", v.problems);
         assert!(v.problems.iter().any(|p| p.contains("p1 (succeeded)")));
         assert!(v.problems.iter().any(|p| p.contains("p9")));
         assert!(v.problems.iter().any(|p| p.contains("balance says 970 0")));
+    }
+
+    #[test]
+    fn refund_entries_must_match_the_succeeded_refunds() {
+        let entries = vec![
+            entry("e4", "refund", 60, Some("p1"), (960, 0)),
+            entry("e3", "refund", 40, Some("p1"), (900, 0)),
+            entry("e2", "capture", 100, Some("p1"), (860, 0)),
+            entry("e1", "hold", 100, Some("p1"), (860, 100)),
+            entry("d1", "deposit", 960, None, (960, 0)),
+        ];
+        let payments: HashMap<&str, (i64, &str)> = [("p1", (100, "succeeded"))].into();
+        let balance = Some(Balance {
+            available: 960,
+            held: 0,
+        });
+        let refunds: HashMap<&str, Vec<i64>> = [("p1", vec![60, 40])].into();
+        let v = read_ledger(&entries, "d1", &payments, &refunds, balance);
+        assert_eq!((v.refunds, v.problems.len()), (100, 0), "{:?}", v.problems);
+
+        // A refund credited that did not succeed, and one missing.
+        let refunds: HashMap<&str, Vec<i64>> = [("p1", vec![40, 10])].into();
+        let v = read_ledger(&entries, "d1", &payments, &refunds, balance);
+        assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+        assert!(v.problems[0].contains("refund entries [40, 60]"));
+        // Entries for a refund the run never asked for.
+        let v = read_ledger(&entries, "d1", &payments, &HashMap::new(), balance);
+        assert!(v.problems[0].contains("which the run did not refund"));
     }
 }

@@ -5,6 +5,7 @@
 mod invariants;
 mod ledger;
 mod reconcile;
+mod refunds;
 mod server;
 
 use crate::run::{lock, Ctx};
@@ -90,7 +91,12 @@ pub async fn verify(
     wall_t0: DateTime<Utc>,
     gateway_before: &Value,
 ) -> anyhow::Result<Verdict> {
-    let (drained, drain_time, balances) = server::drain(ctx, load_end).await;
+    let (drained, drain_time, _) = server::drain(ctx, load_end).await;
+    // Refunds credit wallets after their payments were final: once every refund is final
+    // too, read the balances again.
+    progress(ctx, "waiting for the refunds to be final...");
+    ctx.wait_refunds().await;
+    let balances = server::balances(ctx).await;
     progress(ctx, "checking the invariants...");
     let held = server::holdings(ctx).await?;
     let gateway_after = ctx.api.gateway_stats().await?;
@@ -110,6 +116,7 @@ pub async fn verify(
         invariants::gateway_agrees(ctx, &finals.list).await,
         invariants::replays_replayed(&lock(&ctx.replays)),
         invariants::as_intended(&r, &finals, &records),
+        refunds::refunds_agree(&lock(&ctx.refunds), gateway_before, &gateway_after),
     ];
     if std::io::stderr().is_terminal() && !ctx.args.quiet {
         eprint!("\r\x1b[2K");

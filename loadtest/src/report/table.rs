@@ -27,7 +27,7 @@ fn gauge(v: Option<f64>) -> String {
 }
 
 /// The API kinds of call in the table, in order, with their labels.
-const KINDS: [(&str, &str); 10] = [
+const KINDS: [(&str, &str); 12] = [
     ("pay", "api pay (POST payment)"),
     ("pay_service", "  from actual send"),
     ("read", "api read (GET)"),
@@ -36,6 +36,8 @@ const KINDS: [(&str, &str); 10] = [
     ("replay", "api client retry"),
     ("retry", "api retry after loss"),
     ("poll", "api poll (GET payment)"),
+    ("refund", "api refund (POST refund)"),
+    ("refund_poll", "  refund polls (GET refund)"),
     ("wallet", "api wallet (setup)"),
     ("deposit", "api deposit (setup)"),
 ];

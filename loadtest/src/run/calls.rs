@@ -164,6 +164,9 @@ impl Ctx {
                     let _ = tx.send(PollJob {
                         id: id.clone(),
                         wallet: op.wallet,
+                        n: op.n,
+                        amount: op.amount,
+                        refund: op.refund,
                         accepted: accepted_at,
                         next: accepted_at,
                     });

@@ -2,8 +2,11 @@
 //! poller for sampled payments, the metrics scraper and the progress line.
 
 mod calls;
+mod refunds;
 mod setup;
 mod watch;
+
+pub use refunds::RefundRecord;
 
 pub use setup::{setup, SetupLatency};
 use watch::{poller, progress, scraper};
@@ -66,6 +69,10 @@ pub struct Sample {
 struct PollJob {
     id: String,
     wallet: usize,
+    /// The payment's number and amount, for its refund (`PayOp::refund`).
+    n: u64,
+    amount: i64,
+    refund: bool,
     accepted: Instant,
     /// When to poll next: every --poll-interval, or every tenth of the time waited so far
     /// if that is longer (10 % resolution without flooding the API with polls when
@@ -87,6 +94,10 @@ pub struct Ctx {
     pub payments: Mutex<Vec<PayRecord>>,
     pub replays: Mutex<Replays>,
     pub samples: Mutex<Vec<Sample>>,
+    /// The admin's token: refunds are an operator's act.
+    admin: String,
+    pub refunds: Mutex<Vec<RefundRecord>>,
+    refund_tasks: Mutex<tokio::task::JoinSet<()>>,
     recent: Mutex<VecDeque<(String, usize)>>,
     poll_tx: Mutex<Option<mpsc::UnboundedSender<PollJob>>>,
     stop_scraper: AtomicBool,
@@ -125,6 +136,7 @@ impl Ctx {
         run_id: String,
         wallets: Vec<Wallet>,
         schedule: Option<Schedule>,
+        admin: String,
     ) -> Self {
         let steps = schedule.as_ref().map_or(1, |s| s.steps().len());
         Self {
@@ -139,6 +151,9 @@ impl Ctx {
             payments: Mutex::new(Vec::new()),
             replays: Mutex::new(Replays::default()),
             samples: Mutex::new(Vec::new()),
+            admin,
+            refunds: Mutex::new(Vec::new()),
+            refund_tasks: Mutex::new(tokio::task::JoinSet::new()),
             recent: Mutex::new(VecDeque::new()),
             poll_tx: Mutex::new(None),
             stop_scraper: AtomicBool::new(false),

@@ -77,6 +77,9 @@ pub(super) async fn poller(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<PollJo
                 Ok(reply) if reply.status == StatusCode::OK => {
                     if reply.body["status"].as_str() != Some("pending") {
                         record(&mut rec.finalize_observed, answered - job.accepted);
+                        if job.refund && reply.body["status"] == "succeeded" {
+                            ctx.start_refunds(&job.id, job.wallet, job.n, job.amount);
+                        }
                         continue;
                     }
                     None
