@@ -230,15 +230,17 @@ pub(crate) async fn flagged_charged(
     Ok(charged)
 }
 
-/// Per currency: deposits - (available + held) - captured, which must be 0.
+/// Per currency: deposits + refunds - (available + held) - captured, which must be 0.
 pub(crate) async fn conservation(pool: &PgPool) -> anyhow::Result<Vec<(String, i64)>> {
     Ok(sqlx::query_as(
         "SELECT w.currency::text,
-                (COALESCE(sum(l.deposits), 0) - sum(w.available + w.held) - COALESCE(sum(l.captured), 0))::bigint
+                (COALESCE(sum(l.deposits), 0) + COALESCE(sum(l.refunds), 0)
+                 - sum(w.available + w.held) - COALESCE(sum(l.captured), 0))::bigint
          FROM wallets w
          LEFT JOIN (SELECT wallet_id,
                            sum(amount) FILTER (WHERE kind = 'deposit') AS deposits,
-                           sum(amount) FILTER (WHERE kind = 'capture') AS captured
+                           sum(amount) FILTER (WHERE kind = 'capture') AS captured,
+                           sum(amount) FILTER (WHERE kind = 'refund') AS refunds
                     FROM ledger_entries GROUP BY wallet_id) l ON l.wallet_id = w.id
          GROUP BY w.currency ORDER BY 1",
     )

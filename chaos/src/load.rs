@@ -46,6 +46,7 @@ pub struct Load {
     tokens: shared::auth::TokenSource,
     wallets: Mutex<Vec<Wallet>>,
     accepted: Mutex<Vec<Uuid>>,
+    refunds: Mutex<Vec<crate::refunds::Asked>>,
     stats: Mutex<Stats>,
 }
 
@@ -70,6 +71,7 @@ impl Load {
             tokens,
             wallets: Mutex::new(Vec::new()),
             accepted: Mutex::new(Vec::new()),
+            refunds: Mutex::new(Vec::new()),
             stats: Mutex::new(Stats::default()),
         })
     }
@@ -80,6 +82,39 @@ impl Load {
 
     pub fn accepted_ids(&self) -> Vec<Uuid> {
         self.accepted.lock().unwrap().clone()
+    }
+
+    /// The refunds asked for and accepted so far.
+    pub fn refunds(&self) -> Vec<crate::refunds::Asked> {
+        self.refunds.lock().unwrap().clone()
+    }
+
+    pub(crate) fn asked_refund(&self, asked: crate::refunds::Asked) {
+        self.refunds.lock().unwrap().push(asked);
+    }
+
+    pub(crate) fn http(&self) -> &Client {
+        &self.http
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn admin(&self) -> &str {
+        &self.admin
+    }
+
+    pub(crate) fn run(&self) -> &str {
+        &self.run
+    }
+
+    pub(crate) fn count_internal_error(&self) {
+        self.bump(|s| s.internal_errors += 1);
+    }
+
+    pub(crate) fn compare_replay(&self, a: &Answer, b: &Answer) {
+        self.compare(a, b);
     }
 
     fn bump(&self, f: impl FnOnce(&mut Stats)) {
@@ -208,6 +243,8 @@ impl Load {
             0..=9 => ("test_decline", rng.i64(100..5_000)),
             10..=14 => ("test_unavailable", rng.i64(100..5_000)),
             15..=19 => ("shop", DEPOSIT + 1),
+            // Charged, then its refund declined (`refunds`).
+            _ if n % 40 == 7 => (crate::refunds::DECLINES_REFUNDS, rng.i64(100..5_000)),
             _ => ("shop", rng.i64(100..5_000)),
         };
         let body = json!({
@@ -238,6 +275,11 @@ impl Load {
                     .ok_or_else(|| anyhow::anyhow!("202 without an id"))?;
                 self.accepted.lock().unwrap().push(id);
                 self.bump(|s| s.accepted += 1);
+                let parts = crate::refunds::plan(n, merchant, amount);
+                if !parts.is_empty() {
+                    let declines = merchant == crate::refunds::DECLINES_REFUNDS;
+                    self.refund(n, id, &token, &parts, declines).await?;
+                }
             }
             422 if first.1["code"] == "insufficient_funds" => self.bump(|s| s.refused += 1),
             other => anyhow::bail!("payment answered {other}: {}", first.1),
@@ -262,7 +304,8 @@ impl Load {
         }
     }
 
-    /// Through the API: per wallet, deposits = available + held + captured, and held equal
+    /// Through the API: per wallet, deposits + refunded = available + held + captured (the
+    /// summary's `refunded.total`), and held equal
     /// to `held` (the payments still pending for it, by wallet id; none means 0). Returns the
     /// wallets that disagree.
     pub async fn wallet_conservation(
@@ -319,10 +362,20 @@ impl Load {
                 b["available"].as_i64().unwrap_or(-1),
                 b["held"].as_i64().unwrap_or(-1),
             );
+            let summary: Value = self
+                .http
+                .get(format!("{}/v1/wallets/{id}/summary", self.url))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let refunded = summary["refunded"]["total"].as_i64().unwrap_or(-1);
             let expected_hold = held.get(&id).copied().unwrap_or(0);
-            if available + on_hold + captured != DEPOSIT || on_hold != expected_hold {
+            if available + on_hold + captured != DEPOSIT + refunded || on_hold != expected_hold {
                 bad.push(format!(
-                    "{id}: available {available} + held {on_hold} + captured {captured} != {DEPOSIT}, or held != {expected_hold} (pending, flagged)"
+                    "{id}: available {available} + held {on_hold} + captured {captured} != {DEPOSIT} + refunded {refunded}, or held != {expected_hold} (pending, flagged)"
                 ));
             }
         }

@@ -7,6 +7,7 @@
 mod audit;
 mod faults;
 mod load;
+mod refunds;
 mod schedule;
 
 use audit::*;
@@ -164,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(5))
         .build()?;
     let dlq_before = dead_letters(&http, &args).await?;
+    let refunded_before = refunds::gateway_refunded(&http, &args.gateway_url).await?;
 
     let load = Arc::new(
         Load::new(
@@ -224,6 +226,10 @@ async fn main() -> anyhow::Result<()> {
     reset_gateway(&http, &args.gateway_url).await;
 
     let (ids, quiesce) = wait_terminal(&pool, &load, Duration::from_secs(300)).await?;
+    let asked = load.refunds();
+    let asked_ids: Vec<uuid::Uuid> = asked.iter().map(|a| a.id).collect();
+    let refunds_pending =
+        refunds::wait_refunds(&pool, &asked_ids, Duration::from_secs(120)).await?;
     let flagged_charged = flagged_charged(&http, &args.gateway_url, &ids.flagged).await?;
     let recovered = quiesce.saturating_duration_since(last_fault_end);
 
@@ -231,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
     let mut report = Report::default();
     let conservation = conservation(&pool).await?;
     report.check(
-        "money conserved per currency (deposits = available + held + captured)",
+        "money conserved per currency (deposits + refunds = available + held + captured)",
         conservation.iter().all(|c| c.1 == 0),
         conservation
             .iter()
@@ -275,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let per_wallet = load.wallet_conservation(&held).await?;
     report.check(
-        "per wallet: deposits = available + held + captured; held only for flagged",
+        "per wallet: deposits + refunds = available + held + captured; held only for flagged",
         per_wallet.is_empty(),
         per_wallet.join("; "),
     );
@@ -307,6 +313,38 @@ async fn main() -> anyhow::Result<()> {
         format!(
             "{} retries compared, {} differed",
             stats.replays_compared, stats.replay_mismatches
+        ),
+    );
+    let disagreeing = refunds::payments_disagreeing(&pool).await?;
+    report.check(
+        "per payment: refunded + reserved <= captured, = its refunds and refund entries",
+        disagreeing.is_empty(),
+        if disagreeing.is_empty() {
+            "every payment's refund columns agree with its refunds and ledger".into()
+        } else {
+            disagreeing.join("; ")
+        },
+    );
+    let outcomes = refunds::outcomes(&http, &args.gateway_url, &pool, &asked).await?;
+    let gateway_refunded =
+        refunds::gateway_refunded(&http, &args.gateway_url).await? - refunded_before;
+    report.check(
+        "refunds final as the gateway decided them; gateway refunded = refunds credited",
+        refunds_pending == 0
+            && outcomes.wrong.is_empty()
+            && gateway_refunded == outcomes.refunded_total,
+        format!(
+            "{} refunds: {} succeeded ({} credited, gateway refunded {gateway_refunded}), {} declined, {} flagged, {refunds_pending} pending{}",
+            asked.len(),
+            outcomes.succeeded,
+            outcomes.refunded_total,
+            outcomes.declined,
+            outcomes.flagged,
+            if outcomes.wrong.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", outcomes.wrong.join("; "))
+            }
         ),
     );
     let dlq_after = dead_letters(&http, &args).await?;
