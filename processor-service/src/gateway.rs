@@ -147,23 +147,11 @@ impl GatewayClient {
     /// guarantees none ever will: only then is "not charged" certain. A void refused because
     /// a request with the key is still being processed leaves the outcome unknown.
     pub async fn charge(&self, payment: &RequestedPayment) -> Decision {
-        let mut last_error = String::new();
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                metrics::counter!("gateway_retries_total").increment(1);
-                tokio::time::sleep(self.backoff.delay(attempt - 1)).await;
-            }
-            match self.post_charge(payment).await {
-                Ok(d) => return d,
-                Err(e) => last_error = e,
-            }
-            tracing::warn!(
-                payment_id = %payment.id,
-                attempt = attempt + 1,
-                error = %last_error,
-                "gateway call failed; retrying with the same idempotency key",
-            );
-        }
+        let key = payment.id.to_string();
+        let last_error = match self.with_retries(&key, || self.post_charge(payment)).await {
+            Ok(d) => return d,
+            Err(e) => e,
+        };
         // Out of attempts: close the key at the gateway; its answer is final.
         match self.void(payment).await {
             Ok(d) => d,
@@ -228,24 +216,38 @@ impl GatewayClient {
     /// Out of attempts the outcome is unknown (there is no void for refunds): the caller
     /// leaves the refund pending and asks again later.
     pub async fn refund(&self, refund: &RequestedRefund) -> RefundDecision {
+        let key = refund.id.to_string();
+        self.with_retries(&key, || self.post_refund(refund))
+            .await
+            .unwrap_or_else(RefundDecision::Unknown)
+    }
+
+    /// Calls `call` until it decides or the attempts run out, backing off in between; every
+    /// attempt carries the same idempotency key `key`. Returns the decision or the last
+    /// error.
+    async fn with_retries<T, F, Fut>(&self, key: &str, mut call: F) -> Result<T, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
         let mut last_error = String::new();
         for attempt in 0..self.attempts {
             if attempt > 0 {
                 metrics::counter!("gateway_retries_total").increment(1);
                 tokio::time::sleep(self.backoff.delay(attempt - 1)).await;
             }
-            match self.post_refund(refund).await {
-                Ok(d) => return d,
+            match call().await {
+                Ok(d) => return Ok(d),
                 Err(e) => last_error = e,
             }
             tracing::warn!(
-                refund_id = %refund.id,
+                idempotency_key = key,
                 attempt = attempt + 1,
                 error = %last_error,
-                "gateway refund call failed; retrying with the same idempotency key",
+                "gateway call failed; retrying with the same idempotency key",
             );
         }
-        RefundDecision::Unknown(last_error)
+        Err(last_error)
     }
 
     /// One refund call: the decision if the answer decides, otherwise why not, to retry.

@@ -206,20 +206,8 @@ impl Reconciler {
             );
             redriven.push(o.id);
         }
-        sqlx::query(
-            "UPDATE payments SET redrive_count = redrive_count + 1, last_redrive_at = now() \
-             WHERE id = ANY($1)",
-        )
-        .bind(&redriven)
-        .execute(&mut *tx)
-        .await?;
         let flagged: Vec<Uuid> = exhausted.iter().map(|o| o.id).collect();
-        if !flagged.is_empty() {
-            sqlx::query("UPDATE payments SET attention_since = now() WHERE id = ANY($1)")
-                .bind(&flagged)
-                .execute(&mut *tx)
-                .await?;
-        }
+        mark(&mut tx, "payments", &redriven, &flagged).await?;
         tx.commit().await?;
         for id in &flagged {
             tracing::error!(
@@ -232,6 +220,32 @@ impl Reconciler {
         metrics::counter!("payments_redrive_exhausted_total").increment(flagged.len() as u64);
         Ok(redriven.len())
     }
+}
+
+/// Counts a re-drive on the `redriven` rows of `table` (payments or refunds) and flags the
+/// `flagged` ones for an operator.
+async fn mark(
+    conn: &mut sqlx::PgConnection,
+    table: &'static str,
+    redriven: &[Uuid],
+    flagged: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE {table} SET redrive_count = redrive_count + 1, last_redrive_at = now() \
+         WHERE id = ANY($1)"
+    ))
+    .bind(redriven)
+    .execute(&mut *conn)
+    .await?;
+    if !flagged.is_empty() {
+        sqlx::query(&format!(
+            "UPDATE {table} SET attention_since = now() WHERE id = ANY($1)"
+        ))
+        .bind(flagged)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 impl Reconciler {
@@ -291,19 +305,7 @@ impl Reconciler {
             );
             redriven.push(o.id);
         }
-        sqlx::query(
-            "UPDATE refunds SET redrive_count = redrive_count + 1, last_redrive_at = now() \
-             WHERE id = ANY($1)",
-        )
-        .bind(&redriven)
-        .execute(&mut *tx)
-        .await?;
-        if !flagged.is_empty() {
-            sqlx::query("UPDATE refunds SET attention_since = now() WHERE id = ANY($1)")
-                .bind(&flagged)
-                .execute(&mut *tx)
-                .await?;
-        }
+        mark(&mut tx, "refunds", &redriven, &flagged).await?;
         tx.commit().await?;
         for id in &flagged {
             tracing::error!(

@@ -135,44 +135,42 @@ async fn write<E: Serialize>(conn: &mut PgConnection, row: Row<'_, E>) -> Result
     Ok(())
 }
 
+/// A request for the processor (the dispatcher's channel), correlated by its payment.
+fn request<'a, E>(
+    event_id: Uuid,
+    payment_id: Uuid,
+    kind: &'a str,
+    event: &'a E,
+    traceparent: &'a str,
+) -> Row<'a, E> {
+    Row {
+        channel: Channel::Payments,
+        id: event_id,
+        aggregate_id: payment_id,
+        kind,
+        event,
+        traceparent: Some(traceparent),
+    }
+}
+
 pub async fn enqueue(
     conn: &mut PgConnection,
     event: &PaymentRequested,
     traceparent: &str,
 ) -> Result<(), sqlx::Error> {
-    write(
-        conn,
-        Row {
-            channel: Channel::Payments,
-            id: event.event_id.0,
-            aggregate_id: event.payment.id.0,
-            kind: &event.kind,
-            event,
-            traceparent: Some(traceparent),
-        },
-    )
-    .await
+    let (id, payment) = (event.event_id.0, event.payment.id.0);
+    write(conn, request(id, payment, &event.kind, event, traceparent)).await
 }
 
-/// Writes a `refund.requested` for the dispatcher (the payment hop's channel). Its
-/// correlation id is the payment's, like the payment's own request.
+/// Writes a `refund.requested`: it travels like the payment's own request, and its
+/// correlation id is the payment's.
 pub async fn enqueue_refund(
     conn: &mut PgConnection,
     event: &RefundRequested,
     traceparent: &str,
 ) -> Result<(), sqlx::Error> {
-    write(
-        conn,
-        Row {
-            channel: Channel::Payments,
-            id: event.event_id.0,
-            aggregate_id: event.refund.payment_id.0,
-            kind: &event.kind,
-            event,
-            traceparent: Some(traceparent),
-        },
-    )
-    .await
+    let (id, payment) = (event.event_id.0, event.refund.payment_id.0);
+    write(conn, request(id, payment, &event.kind, event, traceparent)).await
 }
 
 /// Writes a notification for other systems (`payment.finalized`, `wallet.deposited`,
