@@ -16,20 +16,22 @@ pub struct Config {
     /// Address of `GET /metrics` (Prometheus), a listener of its own kept off the API's port.
     #[arg(long, env = "GATEWAY_METRICS_BIND", default_value = "127.0.0.1:9190")]
     pub metrics_bind: SocketAddr,
-    /// Mean simulated latency per charge in milliseconds (exponential, capped at 10x the mean).
+    /// Mean simulated latency per charge or refund in milliseconds (exponential, capped at
+    /// 10x the mean).
     #[arg(long, env = "GATEWAY_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
     /// Share of charges declined, 0..=1.
     #[arg(long, env = "GATEWAY_DECLINE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub decline_rate: f64,
-    /// Share of charge requests answered 503 without charging, 0..=1.
+    /// Share of charge and refund requests answered 503 without doing anything, 0..=1.
     #[arg(long, env = "GATEWAY_ERROR_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub error_rate: f64,
     /// Seed of the random latencies and outcomes, so a run can be replayed (random if unset).
     #[arg(long, env = "GATEWAY_SEED")]
     pub seed: Option<u64>,
-    /// JSON-lines file of charges: loaded at start, appended and fsync'd before each answer,
-    /// so an idempotency key stays honoured across restarts (in memory only if unset).
+    /// JSON-lines file of charges and refunds: loaded at start, appended and fsync'd before
+    /// each answer, so an idempotency key stays honoured across restarts (in memory only if
+    /// unset).
     #[arg(long, env = "GATEWAY_DATA_FILE")]
     pub data_file: Option<PathBuf>,
 }

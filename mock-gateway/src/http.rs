@@ -249,20 +249,19 @@ async fn void_charge(State(gw): State<Arc<Gateway>>, Path(key): Path<String>) ->
     }
 }
 
+/// The store's counts, and the request counters since start (charges and refunds alike).
 async fn stats(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
-    let (charges, declined, voided) = gw.store.counts();
-    let (refunds, refunds_declined, refunded_amount) =
-        crate::store::lock(&gw.store.keys).refunds.counts();
+    let (charges, refunds) = gw.store.counts();
     Json(json!({
-        "charges": charges,
-        "declined": declined,
-        "voided": voided,
+        "charges": charges.succeeded,
+        "declined": charges.declined,
+        "voided": charges.voided,
         "requests": gw.requests.load(Relaxed),
         "replays": gw.replays.load(Relaxed),
         "unavailable": gw.unavailable.load(Relaxed),
-        "refunds": refunds,
-        "refunds_declined": refunds_declined,
-        "refunded_amount": refunded_amount,
+        "refunds": refunds.succeeded,
+        "refunds_declined": refunds.declined,
+        "refunded_amount": refunds.refunded_amount,
     }))
 }
 

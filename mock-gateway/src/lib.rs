@@ -1,5 +1,5 @@
-//! A card payment gateway simulator: idempotent charges by `Idempotency-Key`, with
-//! configurable latency, declines and outages, so the processor-service's retries,
+//! A card payment gateway simulator: idempotent charges and refunds by `Idempotency-Key`,
+//! with configurable latency, declines and outages, so the processor-service's retries,
 //! timeouts and reconciliation can be tested against a real HTTP service.
 //!
 //! [`Config`] is read from flags or `GATEWAY_*` variables, [`app`] is the router, and

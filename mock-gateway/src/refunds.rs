@@ -6,7 +6,7 @@
 //! in flight keeps its amount reserved until it is recorded or given up.
 
 use crate::http::{error, invalid_request};
-use crate::store::{lock, Store};
+use crate::store::{lock, Charge, Store};
 use crate::Gateway;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::gateway::{refund_refusal, ChargeStatus, RefundRequest, RefundStatus};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,16 +48,24 @@ struct ChargeRefunds {
     reserved: i64,
 }
 
+/// Refunds by status, for `/v1/stats`. Declined refunds moved no money, so only the
+/// succeeded ones are in `refunded_amount`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RefundCounts {
+    pub succeeded: u64,
+    pub declined: u64,
+    pub refunded_amount: i64,
+}
+
 /// Every refund by its key, with per-charge totals and running counts, so that no request
 /// scans all refunds.
 #[derive(Default)]
 pub(crate) struct Refunds {
     by_key: HashMap<String, Refund>,
-    in_flight: HashMap<String, (String, i64)>,
+    /// Refund keys being processed; each one's amount is reserved on its charge.
+    in_flight: HashSet<String>,
     by_charge: HashMap<String, ChargeRefunds>,
-    succeeded: u64,
-    declined: u64,
-    refunded_amount: i64,
+    counts: RefundCounts,
 }
 
 impl Refunds {
@@ -75,17 +83,41 @@ impl Refunds {
         match refund.status {
             RefundStatus::Succeeded => {
                 charge.refunded += refund.amount;
-                self.succeeded += 1;
-                self.refunded_amount += refund.amount;
+                self.counts.succeeded += 1;
+                self.counts.refunded_amount += refund.amount;
             }
-            RefundStatus::Declined => self.declined += 1,
+            RefundStatus::Declined => self.counts.declined += 1,
         }
         self.by_key.insert(refund.idempotency_key.clone(), refund);
     }
 
-    /// (succeeded refunds, declined refunds, sum of succeeded amounts).
-    pub(crate) fn counts(&self) -> (u64, u64, i64) {
-        (self.succeeded, self.declined, self.refunded_amount)
+    pub(crate) fn counts(&self) -> RefundCounts {
+        self.counts
+    }
+
+    /// Takes `key` and `amount` off what the charge has left, if it is enough. Only ever
+    /// called under the store's lock: this check-and-reserve is the one step that keeps
+    /// concurrent refunds with different keys from exceeding the charge together.
+    fn reserve(&mut self, charge: &Charge, key: &str, amount: i64) -> Result<(), i64> {
+        let totals = self
+            .by_charge
+            .entry(charge.idempotency_key.clone())
+            .or_default();
+        let refundable = charge.amount - totals.refunded - totals.reserved;
+        if amount > refundable {
+            return Err(refundable);
+        }
+        totals.reserved += amount;
+        self.in_flight.insert(key.to_owned());
+        Ok(())
+    }
+
+    /// Gives back what [`Refunds::reserve`] took.
+    fn release(&mut self, charge_key: &str, key: &str, amount: i64) {
+        self.in_flight.remove(key);
+        if let Some(totals) = self.by_charge.get_mut(charge_key) {
+            totals.reserved -= amount;
+        }
     }
 }
 
@@ -99,72 +131,69 @@ enum Claim {
 }
 
 /// A refund key reserved by one request, with its amount reserved on the charge; dropping it
-/// without [`InFlight::record`] frees both.
+/// without [`InFlight::record`] (an outage) frees both.
 struct InFlight {
     store: Arc<Store>,
     key: String,
-    charge_key: String,
     amount: i64,
-    charge_id: String,
-    currency: String,
-    merchant_id: String,
+    /// The refunded charge, as it was when the refund was claimed (charges never change).
+    charge: Charge,
+    /// Set once recorded: the reservation became part of the refunded total then.
+    recorded: bool,
 }
 
+/// Looks the refund key and the charge up, and claims both if the refund can go ahead: all
+/// under one lock, so that nothing can slip in between the checks and the reservation.
 fn claim(store: &Arc<Store>, charge_key: &str, key: &str, amount: i64) -> Claim {
     let mut keys = lock(&store.keys);
     if let Some(refund) = keys.refunds.by_key.get(key) {
         return Claim::Existing(refund.clone());
     }
-    if keys.refunds.in_flight.contains_key(key) || keys.in_flight.contains(charge_key) {
+    if keys.refunds.in_flight.contains(key) {
         return Claim::InProgress;
     }
-    let Some(charge) = keys.charges.get(charge_key) else {
-        return Claim::NotRefundable;
+    let charge = match keys.charges.get(charge_key) {
+        Some(charge) if charge.status == ChargeStatus::Succeeded => charge.clone(),
+        Some(_) => return Claim::NotRefundable,
+        // Not charged *yet*: a refusal now could be wrong a moment later.
+        None if keys.in_flight.contains(charge_key) => return Claim::InProgress,
+        None => return Claim::NotRefundable,
     };
-    if charge.status != ChargeStatus::Succeeded {
-        return Claim::NotRefundable;
+    match keys.refunds.reserve(&charge, key, amount) {
+        Err(refundable) => Claim::Exceeds { refundable },
+        Ok(()) => Claim::Claimed(InFlight {
+            store: Arc::clone(store),
+            key: key.to_owned(),
+            amount,
+            charge,
+            recorded: false,
+        }),
     }
-    let (charged, charge_id) = (charge.amount, charge.id.clone());
-    let (currency, merchant_id) = (charge.currency.clone(), charge.merchant_id.clone());
-    let totals = keys
-        .refunds
-        .by_charge
-        .entry(charge_key.to_owned())
-        .or_default();
-    let refundable = charged - totals.refunded - totals.reserved;
-    if amount > refundable {
-        return Claim::Exceeds { refundable };
-    }
-    totals.reserved += amount;
-    keys.refunds
-        .in_flight
-        .insert(key.to_owned(), (charge_key.to_owned(), amount));
-    Claim::Claimed(InFlight {
-        store: Arc::clone(store),
-        key: key.to_owned(),
-        charge_key: charge_key.to_owned(),
-        amount,
-        charge_id,
-        currency,
-        merchant_id,
-    })
 }
 
 impl InFlight {
-    /// Writes the refund to the data file (fsync), then makes it visible. Blocking.
-    fn record(self, refund: Refund) -> std::io::Result<Refund> {
+    /// Writes the refund to the data file (fsync), then makes it visible and turns the
+    /// reservation into refunded amount in one step (never counted twice, so a concurrent
+    /// refund is never refused for an amount that is in fact left). Blocking.
+    fn record(mut self, refund: Refund) -> std::io::Result<Refund> {
         self.store.append(&refund)?;
-        lock(&self.store.keys).refunds.insert(refund.clone());
+        let mut keys = lock(&self.store.keys);
+        keys.refunds.insert(refund.clone());
+        keys.refunds
+            .release(&self.charge.idempotency_key, &self.key, self.amount);
+        self.recorded = true;
         Ok(refund)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut keys = lock(&self.store.keys);
-        keys.refunds.in_flight.remove(&self.key);
-        if let Some(totals) = keys.refunds.by_charge.get_mut(&self.charge_key) {
-            totals.reserved -= self.amount;
+        if !self.recorded {
+            lock(&self.store.keys).refunds.release(
+                &self.charge.idempotency_key,
+                &self.key,
+                self.amount,
+            );
         }
     }
 }
@@ -263,9 +292,11 @@ pub async fn create(
             return error(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed");
         }
     };
-    if let Answer::Replayed(_) = answer {
-        gw.replays.fetch_add(1, Relaxed);
-    }
+    match answer {
+        Answer::Replayed(_) => gw.replays.fetch_add(1, Relaxed),
+        Answer::Unavailable => gw.unavailable.fetch_add(1, Relaxed),
+        _ => 0,
+    };
     let result = answer.label();
     metrics::counter!("gateway_refund_requests_total", "result" => result).increment(1);
     metrics::histogram!("gateway_refund_duration_seconds", "result" => result)
@@ -290,7 +321,7 @@ async fn refund(gw: &Gateway, charge_key: &str, key: &str, amount: i64) -> std::
     if gw.outage(&behaviour) {
         return Ok(Answer::Unavailable);
     }
-    let status = if held.merchant_id == DECLINES_REFUNDS {
+    let status = if held.charge.merchant_id == DECLINES_REFUNDS {
         RefundStatus::Declined
     } else {
         RefundStatus::Succeeded
@@ -299,10 +330,10 @@ async fn refund(gw: &Gateway, charge_key: &str, key: &str, amount: i64) -> std::
         id: format!("re_{}", uuid::Uuid::now_v7().simple()),
         idempotency_key: key.to_owned(),
         charge_key: charge_key.to_owned(),
-        charge_id: held.charge_id.clone(),
+        charge_id: held.charge.id.clone(),
         status,
         amount,
-        currency: held.currency.clone(),
+        currency: held.charge.currency.clone(),
         decline_code: (status == RefundStatus::Declined).then(|| "refund_declined".to_owned()),
         created_at: Utc::now(),
     };

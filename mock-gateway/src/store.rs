@@ -42,6 +42,35 @@ pub(crate) struct Keys {
     pub(crate) charges: HashMap<String, Charge>,
     pub(crate) in_flight: HashSet<String>,
     pub(crate) refunds: crate::refunds::Refunds,
+    /// Charges by status, kept as they are added so `/v1/stats` does not scan them all.
+    counts: ChargeCounts,
+}
+
+/// Numbers of succeeded, declined and voided keys.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeCounts {
+    pub succeeded: u64,
+    pub declined: u64,
+    pub voided: u64,
+}
+
+impl Keys {
+    /// Adds a charge unless its key already has one (the first line of a key wins, as the
+    /// first request did), keeping the counts in step.
+    fn insert_charge(&mut self, charge: Charge) {
+        let std::collections::hash_map::Entry::Vacant(slot) =
+            self.charges.entry(charge.idempotency_key.clone())
+        else {
+            return;
+        };
+        let count = match charge.status {
+            ChargeStatus::Succeeded => &mut self.counts.succeeded,
+            ChargeStatus::Declined => &mut self.counts.declined,
+            ChargeStatus::Voided => &mut self.counts.voided,
+        };
+        *count += 1;
+        slot.insert(charge);
+    }
 }
 
 /// One line of the data file: a charge, or a refund of one (told apart by the refund's
@@ -101,11 +130,7 @@ impl Store {
                 format!("{}:{}: not a charge or a refund", path.display(), n + 1)
             })?;
             match record {
-                Record::Charge(charge) => {
-                    keys.charges
-                        .entry(charge.idempotency_key.clone())
-                        .or_insert(charge);
-                }
+                Record::Charge(charge) => keys.insert_charge(charge),
                 Record::Refund(refund) => keys.refunds.insert(refund),
             }
         }
@@ -146,18 +171,11 @@ impl Store {
         }
     }
 
-    /// Numbers of succeeded, declined and voided keys.
-    pub fn counts(&self) -> (u64, u64, u64) {
+    /// The charges by status and the refund totals, from one snapshot (running totals kept
+    /// as records are added, so `/v1/stats` costs the same however many there are).
+    pub fn counts(&self) -> (ChargeCounts, crate::refunds::RefundCounts) {
         let keys = lock(&self.keys);
-        let mut counts = (0, 0, 0);
-        for charge in keys.charges.values() {
-            match charge.status {
-                ChargeStatus::Succeeded => counts.0 += 1,
-                ChargeStatus::Declined => counts.1 += 1,
-                ChargeStatus::Voided => counts.2 += 1,
-            }
-        }
-        counts
+        (keys.counts, keys.refunds.counts())
     }
 }
 
@@ -188,9 +206,7 @@ impl InFlight {
     pub fn record(self, charge: Charge) -> io::Result<Charge> {
         debug_assert_eq!(charge.idempotency_key, self.key);
         self.store.append(&charge)?;
-        lock(&self.store.keys)
-            .charges
-            .insert(self.key.clone(), charge.clone());
+        lock(&self.store.keys).insert_charge(charge.clone());
         Ok(charge)
     }
 }
