@@ -117,6 +117,19 @@ impl Load {
         self.compare(a, b);
     }
 
+    /// GET as `token`, answered 2xx with JSON.
+    async fn get_json(&self, url: &str, token: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
     fn bump(&self, f: impl FnOnce(&mut Stats)) {
         f(&mut self.stats.lock().unwrap());
     }
@@ -321,14 +334,8 @@ impl Load {
             .collect();
         let mut bad = Vec::new();
         for (token, id) in wallets {
-            let b: Value = self
-                .http
-                .get(format!("{}/v1/wallets/{id}/balance", self.url))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
+            let b = self
+                .get_json(&format!("{}/v1/wallets/{id}/balance", self.url), &token)
                 .await?;
             let mut captured = 0;
             let mut cursor: Option<String> = None;
@@ -340,15 +347,7 @@ impl Load {
                 if let Some(c) = &cursor {
                     url.push_str(&format!("&cursor={c}"));
                 }
-                let page: Value = self
-                    .http
-                    .get(url)
-                    .bearer_auth(&token)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
+                let page = self.get_json(&url, &token).await?;
                 captured += page["data"]
                     .as_array()
                     .map(|d| d.iter().filter_map(|p| p["amount"].as_i64()).sum::<i64>())
@@ -362,14 +361,8 @@ impl Load {
                 b["available"].as_i64().unwrap_or(-1),
                 b["held"].as_i64().unwrap_or(-1),
             );
-            let summary: Value = self
-                .http
-                .get(format!("{}/v1/wallets/{id}/summary", self.url))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
+            let summary = self
+                .get_json(&format!("{}/v1/wallets/{id}/summary", self.url), &token)
                 .await?;
             let refunded = summary["refunded"]["total"].as_i64().unwrap_or(-1);
             let expected_hold = held.get(&id).copied().unwrap_or(0);

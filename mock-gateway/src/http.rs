@@ -132,12 +132,8 @@ async fn create_charge(
 ) -> Response {
     let started = Instant::now();
     gw.requests.fetch_add(1, Relaxed);
-    let Some(key) = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty())
-    else {
-        return error(StatusCode::BAD_REQUEST, "idempotency_key_missing");
+    let Some(key) = idempotency_key(&headers) else {
+        return key_missing();
     };
     let request = match body {
         Ok(Json(request)) => request,
@@ -147,19 +143,13 @@ async fn create_charge(
         return invalid_request(why);
     }
 
-    // Like a real gateway, a charge that started runs to its end even if the client hangs
-    // up (a timeout on the client side does not cancel the charge): the work is detached.
     let work = {
-        let gw = Arc::clone(&gw);
-        let key = key.to_owned();
-        tokio::spawn(async move { charge(&gw, &key, request).await })
+        let (gw, key) = (Arc::clone(&gw), key.to_owned());
+        async move { charge(&gw, &key, request).await }
     };
-    let outcome = match work.await.map_err(std::io::Error::other).and_then(|r| r) {
+    let outcome = match detached("charge", key, work).await {
         Ok(outcome) => outcome,
-        Err(e) => {
-            tracing::error!(key, error = %e, "could not record charge");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed");
-        }
+        Err(answer) => return answer,
     };
     match &outcome {
         ChargeAnswer::Replayed(_) => gw.replays.fetch_add(1, Relaxed),
@@ -283,6 +273,35 @@ async fn put_behaviour(
             Json(behaviour).into_response()
         }
         Err(why) => invalid_request(why),
+    }
+}
+
+/// The request's `Idempotency-Key`, when it has a usable one.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+}
+
+/// The answer to a request without an `Idempotency-Key`.
+pub(crate) fn key_missing() -> Response {
+    error(StatusCode::BAD_REQUEST, "idempotency_key_missing")
+}
+
+/// Runs `work` (a charge or a refund under `key`) detached: like a real gateway, work that
+/// started runs to its end even if the client hangs up. A storage failure is the 500 answer.
+pub(crate) async fn detached<T: Send + 'static>(
+    what: &'static str,
+    key: &str,
+    work: impl std::future::Future<Output = std::io::Result<T>> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::spawn(work).await.map_err(std::io::Error::other) {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) | Err(e) => {
+            tracing::error!(key, error = %e, "could not record {what}");
+            Err(error(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed"))
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! and the reservation of the amount happen in one step under the store's lock, and a refund
 //! in flight keeps its amount reserved until it is recorded or given up.
 
-use crate::http::{error, invalid_request};
+use crate::http::{detached, error, idempotency_key, invalid_request, key_missing};
 use crate::store::{lock, Charge, Store};
 use crate::Gateway;
 use axum::extract::rejection::JsonRejection;
@@ -267,30 +267,21 @@ pub async fn create(
 ) -> Response {
     let started = Instant::now();
     gw.requests.fetch_add(1, Relaxed);
-    let Some(key) = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty())
-    else {
-        return error(StatusCode::BAD_REQUEST, "idempotency_key_missing");
+    let Some(key) = idempotency_key(&headers) else {
+        return key_missing();
     };
     let amount = match body {
         Ok(Json(RefundRequest { amount })) if amount > 0 => amount,
         Ok(_) => return invalid_request("amount must be positive"),
         Err(rejection) => return invalid_request(rejection.body_text()),
     };
-    // Detached like a charge: a client that hangs up does not cancel a refund under way.
     let work = {
-        let gw = Arc::clone(&gw);
-        let key = key.to_owned();
-        tokio::spawn(async move { refund(&gw, &charge_key, &key, amount).await })
+        let (gw, key) = (Arc::clone(&gw), key.to_owned());
+        async move { refund(&gw, &charge_key, &key, amount).await }
     };
-    let answer = match work.await.map_err(std::io::Error::other).and_then(|r| r) {
+    let answer = match detached("refund", key, work).await {
         Ok(answer) => answer,
-        Err(e) => {
-            tracing::error!(key, error = %e, "could not record refund");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed");
-        }
+        Err(response) => return response,
     };
     match answer {
         Answer::Replayed(_) => gw.replays.fetch_add(1, Relaxed),

@@ -180,9 +180,10 @@ impl GatewayClient {
         // connection never established (an earlier attempt may have reached the gateway);
         // the result label only tells failures apart in the metrics.
         let (result, attempt) = match sent {
-            Err(e) if e.is_connect() => ("connect_error", Err(e.to_string())),
-            Err(e) if e.is_timeout() => ("timeout", Err(format!("timed out: {e}"))),
-            Err(e) => ("error", Err(e.to_string())),
+            Err(e) => {
+                let (label, why) = unanswered(&e);
+                (label, Err(why))
+            }
             Ok(r) => match r.status().as_u16() {
                 200 => match r.json::<ChargeReply>().await {
                     Ok(c) => match decision_of(c) {
@@ -266,9 +267,10 @@ impl GatewayClient {
             .send()
             .await;
         let (result, attempt) = match sent {
-            Err(e) if e.is_connect() => ("connect_error", Err(e.to_string())),
-            Err(e) if e.is_timeout() => ("timeout", Err(format!("timed out: {e}"))),
-            Err(e) => ("error", Err(e.to_string())),
+            Err(e) => {
+                let (label, why) = unanswered(&e);
+                (label, Err(why))
+            }
             Ok(r) => match r.status().as_u16() {
                 200 => match r.json::<RefundReply>().await {
                     Ok(reply) => match refund_decision_of(reply) {
@@ -335,6 +337,18 @@ fn decision_of(c: ChargeReply) -> Decision {
             "gateway reports charge {} as {:?}: not decided yet",
             c.id, c.status
         )),
+    }
+}
+
+/// A call that got no answer (connection, timeout, transport): its `result` label and why.
+/// Retried like any other failure, since an earlier attempt may have reached the gateway.
+fn unanswered(e: &reqwest::Error) -> (&'static str, String) {
+    if e.is_connect() {
+        ("connect_error", e.to_string())
+    } else if e.is_timeout() {
+        ("timeout", format!("timed out: {e}"))
+    } else {
+        ("error", e.to_string())
     }
 }
 

@@ -15,7 +15,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use shared::backoff::Backoff;
-use shared::events::{decode_decided, Decided, RefundResult};
+use shared::events::{decode_decided, Decided, PaymentResult, RefundResult};
 use shared::shutdown::Shutdown;
 use shared::status::PaymentStatus;
 use shared::topology::KafkaTopics;
@@ -110,13 +110,16 @@ fn refused(e: &anyhow::Error) -> bool {
         .is_some_and(|e| refusal(e).is_some())
 }
 
-/// What applying one result did, for a payment or a refund.
-enum Done {
-    Payment(Applied),
-    Refund(refunds::Applied),
+/// What applying one result did, beside the result it applied.
+enum Done<'a> {
+    Payment(&'a PaymentResult, Applied),
+    Refund(&'a RefundResult, refunds::Applied),
 }
 
-async fn apply_one(conn: &mut sqlx::PgConnection, d: &Decided) -> Result<Done, sqlx::Error> {
+async fn apply_one<'a>(
+    conn: &mut sqlx::PgConnection,
+    d: &'a Decided,
+) -> Result<Done<'a>, sqlx::Error> {
     match d {
         Decided::Payment(r) => {
             let span =
@@ -131,7 +134,7 @@ async fn apply_one(conn: &mut sqlx::PgConnection, d: &Decided) -> Result<Done, s
             )
             .instrument(span)
             .await
-            .map(Done::Payment)
+            .map(|applied| Done::Payment(r, applied))
         }
         Decided::Refund(r) => {
             let span = tracing::info_span!(
@@ -151,7 +154,7 @@ async fn apply_one(conn: &mut sqlx::PgConnection, d: &Decided) -> Result<Done, s
             refunds::finalize(conn, &outcome)
                 .instrument(span)
                 .await
-                .map(Done::Refund)
+                .map(|applied| Done::Refund(r, applied))
         }
     }
 }
@@ -340,9 +343,9 @@ impl Finalizer {
                     }
                 }
             };
-            let (r, applied) = match (d, applied) {
-                (Decided::Payment(r), Done::Payment(applied)) => (r, applied),
-                (Decided::Refund(r), Done::Refund(applied)) => {
+            let (r, applied) = match applied {
+                Done::Payment(r, applied) => (r, applied),
+                Done::Refund(r, applied) => {
                     if let refunds::Applied::UnknownRefund = applied {
                         let why = format!("no refund {}", r.refund_id);
                         dead.push((msg, "unknown_refund", why));
@@ -351,7 +354,6 @@ impl Finalizer {
                     }
                     continue;
                 }
-                _ => unreachable!("apply_one answers in the kind of its result"),
             };
             match applied {
                 Applied::Finalized {

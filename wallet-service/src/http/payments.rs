@@ -112,19 +112,27 @@ pub async fn create(
     guard.finish(outcome).await
 }
 
+/// Loads a payment the principal may read; anything else is "not found", so ids of other
+/// principals' payments do not leak.
+pub(super) async fn visible_payment(
+    conn: &mut sqlx::PgConnection,
+    principal: &shared::auth::Principal,
+    id: &str,
+) -> ApiResult<payments::Payment> {
+    let id: PaymentId = id.parse().map_err(|_| ApiError::PaymentNotFound)?;
+    match payments::get(conn, id).await? {
+        Some(p) if principal.can_read(&p.owner_id) => Ok(p),
+        _ => Err(ApiError::PaymentNotFound),
+    }
+}
+
 pub async fn get(
     State(state): State<AppState>,
     Auth(principal): Auth,
     PathId(id): PathId,
 ) -> ApiResult<Response> {
-    let id: PaymentId = id.parse().map_err(|_| ApiError::PaymentNotFound)?;
-    let mut conn = state.db.acquire().await?;
-    match payments::get(&mut conn, id).await? {
-        Some(payment) if principal.can_read(&payment.owner_id) => {
-            Ok(json_response(StatusCode::OK, &json!(payment)))
-        }
-        _ => Err(ApiError::PaymentNotFound),
-    }
+    let payment = visible_payment(&mut *state.db.acquire().await?, &principal, &id).await?;
+    Ok(json_response(StatusCode::OK, &json!(payment)))
 }
 
 pub async fn list(

@@ -6,34 +6,19 @@
 use super::error::{json_response, ApiError, ApiResult};
 use super::extract::{Auth, Fields, IdempotencyKey, JsonObject, PathId};
 use super::guard::{Guard, Started};
+use super::payments::visible_payment;
 use super::AppState;
-use crate::store::payments;
 use crate::store::refunds::{self, AcceptOutcome, NewRefund};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{json, Value};
-use shared::auth::Principal;
 use shared::ids::{PaymentId, RefundId};
 use shared::money::Amount;
-use sqlx::PgConnection;
 use tracing::Instrument;
 
 /// The longest `reason` a refund may carry.
 pub const REASON_MAX_CHARS: usize = 500;
-
-/// The payment in the path, if the principal may see it.
-async fn visible_payment(
-    conn: &mut PgConnection,
-    principal: &Principal,
-    id: &str,
-) -> ApiResult<payments::Payment> {
-    let id: PaymentId = id.parse().map_err(|_| ApiError::PaymentNotFound)?;
-    match payments::get(conn, id).await? {
-        Some(p) if principal.can_read(&p.owner_id) => Ok(p),
-        _ => Err(ApiError::PaymentNotFound),
-    }
-}
 
 /// `amount`, when given: like a payment's amount (an integer in 1..=MAX_AMOUNT).
 fn optional_amount(f: &Fields<'_>) -> ApiResult<Option<Amount>> {
