@@ -52,6 +52,24 @@ TANSU_DIR="$RUN_DIR/tansu"
 # in with it (the default; see scripts/up).
 SERVICES=(local-idp mock-gateway processor-service wallet-service)
 
+# The highly available topology (scripts/up --ha, docs/OPERATIONS.md): PostgreSQL primary and
+# synchronous standby under pg_auto_failover, a three-node RabbitMQ cluster, two instances of
+# each service, HAProxy in front of the wallet API on WALLET_PORT. scripts/up --ha writes the
+# mode into .run/mode; every script reads it from there.
+MODE_FILE="$RUN_DIR/mode"
+STACK_MODE=$(cat "$MODE_FILE" 2>/dev/null || echo default)
+HA_PG_MONITOR_PORT=54330
+HA_PG_PORTS=(54331 54332)
+HA_RABBIT_PORTS=(5681 5682 5683)
+HA_WALLET_PORTS=(8082 8084)
+HA_PROCESSOR_PORTS=(8081 8083)
+HA_WALLET_METRICS_PORTS=(9180 9182)
+HA_PROCESSOR_METRICS_PORTS=(9181 9183)
+HAPROXY_METRICS_PORT=9186
+if [[ $STACK_MODE == ha ]]; then
+    SERVICES=(local-idp mock-gateway processor-service processor-service-2 wallet-service wallet-service-2)
+fi
+
 export DEBIAN_FRONTEND=noninteractive
 # rustup installs cargo (and cargo install puts tansu) here; non-login shells (CI) often
 # lack it on PATH. Appended, so an explicit PATH still wins.
@@ -303,10 +321,22 @@ rabbit_running() {
 
 # ---------------------------------------------------------------- services
 
+# The binary of a service instance: wallet-service-2 runs wallet-service.
+svc_bin() { echo "${1%-2}"; }
+
+# The instance's index in the HA port tables: 0 for the first, 1 for "-2".
+svc_index() { [[ $1 == *-2 ]] && echo 1 || echo 0; }
+
 svc_port() {
+    local i
+    i=$(svc_index "$1")
     case $1 in
-    wallet-service) echo "$WALLET_PORT" ;;
-    processor-service) echo "$PROCESSOR_PORT" ;;
+    wallet-service | wallet-service-2)
+        if [[ $STACK_MODE == ha ]]; then echo "${HA_WALLET_PORTS[i]}"; else echo "$WALLET_PORT"; fi
+        ;;
+    processor-service | processor-service-2)
+        if [[ $STACK_MODE == ha ]]; then echo "${HA_PROCESSOR_PORTS[i]}"; else echo "$PROCESSOR_PORT"; fi
+        ;;
     mock-gateway) echo "$GATEWAY_PORT" ;;
     local-idp) echo "$IDP_PORT" ;;
     *) die "unknown service $1" ;;
@@ -315,18 +345,28 @@ svc_port() {
 
 # The metrics port; none for local-idp (a development tool, not part of the product).
 svc_metrics_port() {
+    local i
+    i=$(svc_index "$1")
     case $1 in
     local-idp) echo "" ;;
-    wallet-service) echo "$WALLET_METRICS_PORT" ;;
-    processor-service) echo "$PROCESSOR_METRICS_PORT" ;;
+    wallet-service | wallet-service-2) echo "${HA_WALLET_METRICS_PORTS[i]}" ;;
+    processor-service | processor-service-2) echo "${HA_PROCESSOR_METRICS_PORTS[i]}" ;;
     mock-gateway) echo "$GATEWAY_METRICS_PORT" ;;
     *) die "unknown service $1" ;;
     esac
 }
 
+# The instance's own listeners, over what .run/env says (which names the first instance).
+svc_env() {
+    case $1 in
+    wallet-service*) echo "WALLET_BIND=$HOST:$(svc_port "$1") WALLET_METRICS_BIND=$HOST:$(svc_metrics_port "$1")" ;;
+    processor-service*) echo "PROCESSOR_BIND=$HOST:$(svc_port "$1") PROCESSOR_METRICS_BIND=$HOST:$(svc_metrics_port "$1")" ;;
+    esac
+}
+
 svc_args() {
     case $1 in
-    wallet-service | local-idp) echo serve ;;
+    wallet-service* | local-idp) echo serve ;;
     *) echo ;;
     esac
 }

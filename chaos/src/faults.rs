@@ -54,6 +54,33 @@ pub(crate) async fn inject(
         Fault::DuplicateResults => duplicate_results(args, pool, load).await?,
         Fault::Poison => poison(args, poisoned).await?,
         Fault::PoisonResults => poison_results(args, pool, load, poisoned).await?,
+        Fault::KillPgPrimary => {
+            ctl(args, &["pg-kill-primary"]).await?;
+            // The node stays dead while the standby is promoted and the load goes on.
+            tokio::time::sleep(down * 5).await;
+            ctl(args, &["restore"]).await?;
+        }
+        Fault::KillRabbitNode => {
+            let node = (1 + seed % 3).to_string();
+            ctl(args, &["rabbitmq-kill", &node]).await?;
+            tokio::time::sleep(down * 3).await;
+            ctl(args, &["restore"]).await?;
+        }
+        Fault::KillWalletInstance | Fault::KillProcessorInstance => {
+            let service = match fault {
+                Fault::KillWalletInstance => "wallet-service",
+                _ => "processor-service",
+            };
+            // Either instance, by seed: the first one also runs what the second does.
+            let name = if seed % 2 == 0 {
+                service.to_string()
+            } else {
+                format!("{service}-2")
+            };
+            ctl(args, &["kill9", &name]).await?;
+            tokio::time::sleep(down * 3).await;
+            ctl(args, &["restore"]).await?;
+        }
         Fault::GatewayOutage => {
             // Hung rather than gone: connections are accepted and never answered, so every
             // charge and every void times out and no outcome is known (a gateway answering

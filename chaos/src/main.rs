@@ -16,7 +16,7 @@ use faults::*;
 use anyhow::Context;
 use clap::Parser;
 use load::Load;
-use sqlx::PgPool;
+use schedule::Fault;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -106,6 +106,7 @@ struct Profile {
     load_secs: f64,
     rate: f64,
     rounds: usize,
+    faults: &'static [Fault],
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -125,13 +126,22 @@ async fn main() -> anyhow::Result<()> {
             load_secs: 75.0,
             rate: 20.0,
             rounds: 1,
+            faults: &Fault::ALL,
         },
         "long" => Profile {
             load_secs: 600.0,
             rate: 30.0,
             rounds: 5,
+            faults: &Fault::ALL,
         },
-        other => anyhow::bail!("unknown profile {other:?} (short or long)"),
+        // The HA topology (scripts/up --ha): each of its faults twice, while the load runs.
+        "ha" => Profile {
+            load_secs: 180.0,
+            rate: 20.0,
+            rounds: 2,
+            faults: &Fault::HA,
+        },
+        other => anyhow::bail!("unknown profile {other:?} (short, long or ha)"),
     };
     let rate = args.rate.unwrap_or(profile.rate);
     log(format!(
@@ -147,9 +157,14 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    let pool = PgPool::connect(&args.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
+    // On the HA topology DATABASE_URL names both data nodes; the pool follows the primary.
+    let target = shared::db::DbTarget::parse(&args.database_url).context("DATABASE_URL")?;
+    let pool = shared::db::primary_pool(
+        target,
+        sqlx::postgres::PgPoolOptions::new().max_connections(8),
+        |o| o,
+    )
+    .await;
     // Crashing PostgreSQL is one of the faults: with synchronous_commit off it forgets
     // transactions it already acknowledged, and the suite would blame the system for it.
     let (sync_commit,): (String,) = sqlx::query_as("SHOW synchronous_commit")
@@ -188,7 +203,14 @@ async fn main() -> anyhow::Result<()> {
         args.wallets, profile.load_secs
     ));
 
-    let schedule = schedule::build(seed, profile.rounds, 10.0, profile.load_secs - 10.0, 6.0);
+    let schedule = schedule::build(
+        profile.faults,
+        seed,
+        profile.rounds,
+        10.0,
+        profile.load_secs - 10.0,
+        6.0,
+    );
     for (at, f) in &schedule {
         log(format!("  scheduled at {at:>5.1}s: {f}"));
     }

@@ -22,6 +22,15 @@ pub enum Fault {
     /// The whole gateway hung (SIGSTOP) for longer than the reconciler deadline: charges and
     /// voids time out alike, so no outcome is known until it comes back (SIGCONT).
     GatewayOutage,
+    /// HA topology: the PostgreSQL primary's node dies (keeper, postmaster and backends,
+    /// SIGKILL); pg_auto_failover promotes the synchronous standby.
+    KillPgPrimary,
+    /// HA topology: one RabbitMQ node of three dies (SIGKILL); the quorum queue goes on.
+    KillRabbitNode,
+    /// HA topology: one wallet-service instance of two dies; HAProxy sends to the other.
+    KillWalletInstance,
+    /// HA topology: one processor-service instance of two dies; the other consumes.
+    KillProcessorInstance,
 }
 
 impl Fault {
@@ -39,6 +48,14 @@ impl Fault {
         Fault::GatewayOutage,
     ];
 
+    /// The faults of the highly available topology (`--profile ha`).
+    pub const HA: [Fault; 4] = [
+        Fault::KillPgPrimary,
+        Fault::KillRabbitNode,
+        Fault::KillWalletInstance,
+        Fault::KillProcessorInstance,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Fault::KillWallet => "kill -9 wallet-service",
@@ -52,6 +69,10 @@ impl Fault {
             Fault::Poison => "poison messages",
             Fault::PoisonResults => "poison results (NUL, over-long reference)",
             Fault::GatewayOutage => "gateway outage (hung, SIGSTOP)",
+            Fault::KillPgPrimary => "kill -9 the PostgreSQL primary's node",
+            Fault::KillRabbitNode => "kill -9 a RabbitMQ node",
+            Fault::KillWalletInstance => "kill -9 a wallet-service instance",
+            Fault::KillProcessorInstance => "kill -9 a processor-service instance",
         }
     }
 }
@@ -62,11 +83,19 @@ impl fmt::Display for Fault {
     }
 }
 
-/// `rounds` of every fault kind, shuffled by `seed`, spread over `[start, end)` seconds with
-/// at least `gap` seconds between two faults (each fault is undone before the next).
-pub fn build(seed: u64, rounds: usize, start: f64, end: f64, gap: f64) -> Vec<(f64, Fault)> {
+/// `rounds` of every fault kind in `kinds`, shuffled by `seed`, spread over `[start, end)`
+/// seconds with at least `gap` seconds between two faults (each fault is undone before the
+/// next).
+pub fn build(
+    kinds: &[Fault],
+    seed: u64,
+    rounds: usize,
+    start: f64,
+    end: f64,
+    gap: f64,
+) -> Vec<(f64, Fault)> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut faults: Vec<Fault> = (0..rounds).flat_map(|_| Fault::ALL).collect();
+    let mut faults: Vec<Fault> = (0..rounds).flat_map(|_| kinds.iter().copied()).collect();
     rng.shuffle(&mut faults);
     let n = faults.len().max(1) as f64;
     let slot = ((end - start) / n).max(gap);
@@ -88,9 +117,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_schedule_and_every_kind_present() {
-        let a = build(7, 2, 10.0, 100.0, 3.0);
-        assert_eq!(a, build(7, 2, 10.0, 100.0, 3.0));
-        assert_ne!(a, build(8, 2, 10.0, 100.0, 3.0));
+        let a = build(&Fault::ALL, 7, 2, 10.0, 100.0, 3.0);
+        assert_eq!(a, build(&Fault::ALL, 7, 2, 10.0, 100.0, 3.0));
+        assert_ne!(a, build(&Fault::ALL, 8, 2, 10.0, 100.0, 3.0));
         assert_eq!(a.len(), 2 * Fault::ALL.len());
         assert_eq!(Fault::ALL.len(), 11);
         for kind in Fault::ALL {
@@ -100,7 +129,8 @@ mod tests {
 
     #[test]
     fn faults_are_ordered_and_spaced() {
-        let s = build(1, 3, 5.0, 200.0, 4.0);
+        let s = build(&Fault::HA, 1, 3, 5.0, 200.0, 4.0);
+        assert_eq!(s.len(), 3 * Fault::HA.len());
         for w in s.windows(2) {
             assert!(w[1].0 - w[0].0 >= 0.0, "{s:?}");
         }
@@ -109,10 +139,11 @@ mod tests {
 
     #[test]
     fn every_kind_has_its_own_label_and_the_short_schedule_has_each_once() {
-        let labels: std::collections::BTreeSet<_> = Fault::ALL.iter().map(|f| f.label()).collect();
-        assert_eq!(labels.len(), Fault::ALL.len());
+        let every = Fault::ALL.iter().chain(&Fault::HA);
+        let labels: std::collections::BTreeSet<_> = every.map(|f| f.label()).collect();
+        assert_eq!(labels.len(), Fault::ALL.len() + Fault::HA.len());
         // The short profile: one round between 10 s and 65 s, 6 s apart.
-        let s = build(42, 1, 10.0, 65.0, 6.0);
+        let s = build(&Fault::ALL, 42, 1, 10.0, 65.0, 6.0);
         assert_eq!(s.len(), Fault::ALL.len());
         for kind in [Fault::PoisonResults, Fault::GatewayOutage] {
             assert_eq!(s.iter().filter(|(_, f)| *f == kind).count(), 1, "{kind}");

@@ -97,6 +97,79 @@ pub struct Recorder {
     pub pay_ok: u64,
     pub reads: u64,
     pub last_pay_answer: Duration,
+    /// Windows in which payments failed transiently (a failover, a dead instance).
+    pub outages: Outages,
+}
+
+/// A window in which payment POSTs failed transiently: from the first failed answer to the
+/// first expected answer to a POST sent after it, i.e. how long clients could not pay. A
+/// failure within [`Outages::MERGE_WITHIN_S`] of the end of the last window reopens it: one
+/// failover often lets a few payments through before the last errors.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Outage {
+    /// Seconds from the start of the load.
+    pub start_s: f64,
+    /// None if the run ended inside it.
+    pub end_s: Option<f64>,
+    /// Failed answers (first attempts and retries) inside it.
+    pub failures: u64,
+}
+
+impl Outage {
+    pub fn duration_ms(&self) -> Option<f64> {
+        self.end_s.map(|e| (e - self.start_s) * 1000.0)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Outages {
+    open: Option<Outage>,
+    closed: Vec<Outage>,
+}
+
+impl Outages {
+    pub const MERGE_WITHIN_S: f64 = 1.0;
+
+    /// A payment POST sent at `sent` was answered at `at`: as expected, or transiently failed.
+    pub fn answer(&mut self, sent: Duration, at: Duration, ok: bool) {
+        let (sent, at) = (sent.as_secs_f64(), at.as_secs_f64());
+        match (&mut self.open, ok) {
+            (None, false) => {
+                let recent = self
+                    .closed
+                    .last()
+                    .and_then(|o| o.end_s)
+                    .is_some_and(|end| at - end < Self::MERGE_WITHIN_S);
+                let mut reopened = match self.closed.pop() {
+                    Some(last) if recent => last,
+                    other => {
+                        self.closed.extend(other);
+                        Outage {
+                            start_s: at,
+                            end_s: None,
+                            failures: 0,
+                        }
+                    }
+                };
+                reopened.end_s = None;
+                reopened.failures += 1;
+                self.open = Some(reopened);
+            }
+            (Some(o), false) => o.failures += 1,
+            // Only a request sent after the first failure shows the system is back: one sent
+            // before may have been served by a part that failed after it.
+            (Some(o), true) if sent >= o.start_s => {
+                o.end_s = Some(at);
+                self.closed.extend(self.open.take());
+            }
+            _ => {}
+        }
+    }
+
+    /// Every window, the one still open last.
+    pub fn all(&self) -> Vec<Outage> {
+        self.closed.iter().chain(&self.open).copied().collect()
+    }
 }
 
 impl Recorder {
@@ -117,6 +190,7 @@ impl Recorder {
             pay_ok: 0,
             reads: 0,
             last_pay_answer: Duration::ZERO,
+            outages: Outages::default(),
         }
     }
 
@@ -198,6 +272,27 @@ fn bump(v: &mut Vec<u64>, at: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_ends_with_the_first_success_sent_after_it_began() {
+        let s = Duration::from_secs_f64;
+        let mut o = Outages::default();
+        o.answer(s(0.5), s(1.0), true);
+        o.answer(s(1.9), s(2.0), false); // starts at 2.0
+        o.answer(s(1.8), s(2.5), true); // sent before: does not end it
+        o.answer(s(2.6), s(3.0), false);
+        o.answer(s(3.9), s(4.25), true); // ends it
+        o.answer(s(4.5), s(5.0), false); // within a second of its end: the same outage
+        o.answer(s(5.1), s(5.5), true);
+        o.answer(s(7.0), s(7.5), false); // a second one, still open
+        let all = o.all();
+        assert_eq!(all.len(), 2);
+        let first = (all[0].start_s, all[0].end_s, all[0].failures);
+        assert_eq!(first, (2.0, Some(5.5), 3));
+        assert_eq!(all[0].duration_ms(), Some(3500.0));
+        let second = (all[1].start_s, all[1].end_s, all[1].failures);
+        assert_eq!(second, (7.5, None, 1));
+    }
 
     #[test]
     fn summary_has_every_percentile_in_ms() {

@@ -13,8 +13,8 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared::amqp::AmqpNodes;
 use shared::backoff::Backoff;
 use shared::events::{
     decode_request, PaymentRequested, PaymentResult, Poison, RefundRequested, RefundResult,
@@ -31,7 +31,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub struct Processor {
-    pub amqp_url: String,
+    /// The RabbitMQ node or nodes (`AMQP_URL`), tried in turn.
+    pub amqp: AmqpNodes,
     pub topology: AmqpTopology,
     pub topics: KafkaTopics,
     pub gateway: Arc<GatewayClient>,
@@ -123,7 +124,7 @@ impl Processor {
 
     /// One connection's lifetime: consume until shutdown (Ok) or a broker failure (Err).
     async fn consume(self: &Arc<Self>, shutdown: &mut Shutdown) -> anyhow::Result<()> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let conn = self.amqp.connect().await?;
         let channel = conn.create_channel().await?;
         self.topology.declare(&channel).await?;
         channel

@@ -89,7 +89,7 @@ pub async fn start(
     let topics = KafkaTopics::with_prefix(&cfg.broker_prefix);
     let connected = Arc::new(AtomicBool::new(false));
     let processor = Arc::new(Processor {
-        amqp_url: cfg.amqp_url.clone(),
+        amqp: shared::amqp::AmqpNodes::parse(&cfg.amqp_url),
         topology: AmqpTopology::with_prefix(&cfg.broker_prefix),
         topics: topics.clone(),
         gateway: gateway.clone(),

@@ -12,9 +12,13 @@
 //! and for tokens `jwks`, `signing`, `token-source`), so that a crate compiles only the
 //! clients it uses.
 
+#[cfg(feature = "brokers")]
+pub mod amqp;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod backoff;
+#[cfg(feature = "postgres")]
+pub mod db;
 pub mod events;
 pub mod gateway;
 pub mod ids;

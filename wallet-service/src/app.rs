@@ -9,6 +9,7 @@ use crate::signin::Verifier;
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
+use shared::db::DbTarget;
 use shared::shutdown::Shutdown;
 use shared::topology::KafkaTopics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -19,31 +20,37 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-/// A pool that fails fast when PostgreSQL is away instead of hanging requests.
+/// A pool that fails fast when PostgreSQL is away instead of hanging requests. When
+/// `DATABASE_URL` names several hosts (a primary and standbys), the pool follows the primary
+/// ([`shared::db`]).
 pub async fn connect_db(cfg: &DbConfig) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = cfg
-        .database_url
-        .parse()
-        .context("DATABASE_URL is not a valid URL")?;
-    Ok(pool_with(cfg, options))
+    let target = DbTarget::parse(&cfg.database_url).context("DATABASE_URL")?;
+    Ok(shared::db::primary_pool(target, pool_options(cfg), |o| session(cfg, o)).await)
 }
 
 /// The service's pool on `options` (the tests' databases come with their own), sized and
-/// timed by `cfg`, every connection with the service's session settings: a statement or
-/// lock wait ends in an error (a 503 the client may retry) well before the request deadline,
-/// instead of leaving the statement running after the request was abandoned.
+/// timed by `cfg`, every connection with the service's session settings.
 pub fn pool_with(cfg: &DbConfig, options: PgConnectOptions) -> PgPool {
-    let options = options.application_name("wallet-service").options([
+    pool_options(cfg).connect_lazy_with(session(cfg, options))
+}
+
+/// Session settings: a statement or lock wait ends in an error (a 503 the client may retry)
+/// well before the request deadline, instead of leaving the statement running after the
+/// request was abandoned.
+fn session(cfg: &DbConfig, options: PgConnectOptions) -> PgConnectOptions {
+    options.application_name("wallet-service").options([
         (
             "statement_timeout",
             cfg.db_statement_timeout.as_millis().to_string(),
         ),
         ("lock_timeout", cfg.lock_timeout().as_millis().to_string()),
-    ]);
+    ])
+}
+
+fn pool_options(cfg: &DbConfig) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(cfg.db_max_connections)
         .acquire_timeout(cfg.db_acquire_timeout)
-        .connect_lazy_with(options)
 }
 
 pub fn describe_metrics() {
@@ -57,6 +64,14 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "idempotent_replays_total",
         "Payment requests answered from a stored idempotent response."
+    );
+    metrics::describe_gauge!(
+        "db_primary_available",
+        "1 while the PostgreSQL host in use answers as the primary (only with several hosts)."
+    );
+    metrics::describe_counter!(
+        "db_primary_changes_total",
+        "Times the pool was pointed at a new PostgreSQL primary (failovers followed)."
     );
     dispatcher::describe_metrics();
     relay::describe_metrics();

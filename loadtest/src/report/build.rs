@@ -111,6 +111,7 @@ pub fn build(f: Finished) -> (Report, String) {
         errors_total,
         calls_total: rec.calls,
         error_rate,
+        outages: rec.outages.all(),
         queues: Queues {
             outbox_backlog: gauge(&samples, |s| s.outbox_backlog),
             processor_in_flight: gauge(&samples, |s| s.in_flight),

@@ -46,6 +46,10 @@ pub struct Report {
     pub errors_total: u64,
     pub calls_total: u64,
     pub error_rate: f64,
+    /// Windows in which clients could not pay: from the first transiently failed payment
+    /// POST to the first expected answer to one sent after it (a failover's cost to clients).
+    #[serde(default)]
+    pub outages: Vec<crate::stats::Outage>,
     pub queues: Queues,
     pub gateway: GatewayDelta,
     /// Figures of each ramp step (one step outside a ramp).

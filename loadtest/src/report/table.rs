@@ -158,6 +158,21 @@ impl Report {
         for (k, v) in &self.errors {
             let _ = writeln!(s, "           {v:>7}  {k}");
         }
+        for o in &self.outages {
+            let _ = match o.duration_ms() {
+                Some(ms) => writeln!(
+                    s,
+                    "outage     at {:.1} s: payments failed for {ms:.0} ms ({} failed answers), \
+                     first error to first success",
+                    o.start_s, o.failures
+                ),
+                None => writeln!(
+                    s,
+                    "outage     at {:.1} s: payments still failing at the end ({} failed answers)",
+                    o.start_s, o.failures
+                ),
+            };
+        }
     }
 
     fn step_rows(&self, s: &mut String) {

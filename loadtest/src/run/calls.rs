@@ -100,6 +100,11 @@ impl Ctx {
             let ok = matches!(judged, Judged::Expected);
             rec.also("pay_service", now - sent);
             rec.pay(latency, intended_at, at, ok, self.step_at(intended_at));
+            rec.outages.answer(
+                self.since_start(sent),
+                at,
+                !matches!(judged, Judged::Transient(_)),
+            );
             match &judged {
                 Judged::Expected => {}
                 Judged::Unexpected(d) | Judged::Transient(d) => {
@@ -119,6 +124,8 @@ impl Ctx {
             let mut rec = lock(&self.rec);
             rec.latency("retry", t.elapsed());
             let at = self.since_start(Instant::now());
+            let transient = matches!(judged, Judged::Transient(_));
+            rec.outages.answer(self.since_start(t), at, !transient);
             match &judged {
                 Judged::Expected => rec.late_ok(at, self.step_at(intended_at)),
                 Judged::Unexpected(d) | Judged::Transient(d) => rec.error(format!("retry {d}"), at),

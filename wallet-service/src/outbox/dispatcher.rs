@@ -9,7 +9,8 @@
 use crate::config::{BrokerConfig, DispatcherConfig};
 use crate::outbox::Wakeup;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
+use shared::amqp::AmqpNodes;
 use shared::backoff::Backoff;
 use shared::shutdown::Shutdown;
 use shared::topology::{self, AmqpTopology};
@@ -30,7 +31,8 @@ struct Unpublished {
 
 pub struct Dispatcher {
     pub pool: PgPool,
-    pub amqp_url: String,
+    /// The RabbitMQ node or nodes (`AMQP_URL`), tried in turn.
+    pub amqp: AmqpNodes,
     pub topology: AmqpTopology,
     pub config: DispatcherConfig,
     /// True while connected to RabbitMQ with the topology declared (for `/readyz`).
@@ -74,7 +76,7 @@ impl Dispatcher {
     pub fn new(pool: PgPool, brokers: &BrokerConfig, config: DispatcherConfig) -> Self {
         Self {
             pool,
-            amqp_url: brokers.amqp_url.clone(),
+            amqp: AmqpNodes::parse(&brokers.amqp_url),
             topology: AmqpTopology::with_prefix(&brokers.broker_prefix),
             config,
             connected: Default::default(),
@@ -126,7 +128,7 @@ impl Dispatcher {
     }
 
     async fn connect(&self) -> Result<(Connection, Channel), lapin::Error> {
-        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await?;
+        let conn = self.amqp.connect().await?;
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

@@ -4,12 +4,13 @@
 //! up on a transient error loses work; so the two are told apart by SQLSTATE, in one place.
 
 /// SQLSTATEs that say "try again later": connection loss, shutdown, lock and statement
-/// timeouts, serialization failures and deadlocks, resource exhaustion.
+/// timeouts, serialization failures and deadlocks, resource exhaustion, and a write sent to
+/// a server that has just become a standby (25006, during a failover).
 pub fn is_transient_code(code: &str) -> bool {
     code.starts_with("08")
         || code.starts_with("53")
         || code.starts_with("57P")
-        || matches!(code, "55P03" | "57014" | "40001" | "40P01")
+        || matches!(code, "55P03" | "57014" | "40001" | "40P01" | "25006")
 }
 
 /// The error is about reaching the database, or a SQLSTATE that says "later".
@@ -49,7 +50,7 @@ mod tests {
     #[test]
     fn transient_codes() {
         for code in [
-            "08006", "53300", "57P01", "55P03", "57014", "40001", "40P01",
+            "08006", "53300", "57P01", "55P03", "57014", "40001", "40P01", "25006",
         ] {
             assert!(is_transient_code(code), "{code}");
         }
@@ -57,6 +58,8 @@ mod tests {
             assert!(!is_transient_code(code), "{code}");
         }
         assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        // A connection that landed on a standby during a failover: 503, try again.
+        assert!(is_transient(&shared::db::standby_refused()));
         assert!(refusal(&sqlx::Error::PoolTimedOut).is_none());
     }
 }
