@@ -54,22 +54,26 @@ pub(crate) fn charge_records(
 }
 
 /// Messages in the RabbitMQ dead-letter queue and on the Kafka dead-letter topic.
-pub(crate) async fn dead_letters(
-    http: &reqwest::Client,
-    args: &Args,
-) -> anyhow::Result<(i64, i64)> {
-    let q: Value = http
-        .get(format!(
-            "{}/api/queues/%2F/{}",
-            args.rabbit_api,
-            shared::topology::AmqpTopology::default().dead_letter_queue
-        ))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+pub(crate) async fn dead_letters(args: &Args) -> anyhow::Result<(i64, i64)> {
+    // A passive declare answers the queue's depth from any node of a cluster (the management
+    // API is a plugin of one node, and absent from the HA topology's).
+    let conn = shared::amqp::AmqpNodes::parse(&args.amqp_url)
+        .connect()
         .await?;
-    let rabbit = q["messages"].as_i64().unwrap_or(0);
+    let channel = conn.create_channel().await?;
+    let dlq = shared::topology::AmqpTopology::default().dead_letter_queue;
+    let q = channel
+        .queue_declare(
+            dlq.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let rabbit = i64::from(q.message_count());
+    let _ = conn.close(0, "done".into()).await;
     let brokers = args.kafka_brokers.clone();
     let kafka = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
         let consumer: BaseConsumer = shared::topology::kafka_config(&brokers)

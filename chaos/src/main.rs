@@ -60,9 +60,6 @@ struct Args {
     auth_issuer: Option<String>,
     #[arg(long, env = "AUTH_AUDIENCE", hide = true)]
     auth_audience: Option<String>,
-    /// RabbitMQ management API (for the dead-letter queue depth).
-    #[arg(long, default_value = "http://guest:guest@127.0.0.1:15672")]
-    rabbit_api: String,
     /// The gateway's durable record of charges (one JSON line per charge or voided key).
     #[arg(long, env = "GATEWAY_DATA_FILE")]
     gateway_data_file: String,
@@ -179,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let dlq_before = dead_letters(&http, &args).await?;
+    let dlq_before = dead_letters(&args).await?;
     let refunded_before = refunds::gateway_refunded(&http, &args.gateway_url).await?;
 
     let load = Arc::new(
@@ -369,7 +366,7 @@ async fn main() -> anyhow::Result<()> {
             }
         ),
     );
-    let dlq_after = dead_letters(&http, &args).await?;
+    let dlq_after = dead_letters(&args).await?;
     let rabbit_dead = dlq_after.0 - dlq_before.0;
     // Dead-lettering is at-least-once (a crash between producing the dead letter and
     // committing the offset sends it again), so count the distinct source messages.

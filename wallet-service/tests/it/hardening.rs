@@ -431,3 +431,65 @@ async fn a_gateway_outage_ends_with_each_payment_charged_at_most_once_and_bounde
     );
     app.stop().await;
 }
+
+/// A `DATABASE_URL` naming a host that is down before the real one (a dead node of a
+/// primary/standby pair): the pool finds the host that answers as the primary, the watcher
+/// keeps it there, and requests are served.
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_database_url_with_a_dead_host_first_connects_to_the_primary(pool: PgPool) {
+    let real = pool.connect_options();
+    let db = real.get_database().expect("the test database has a name");
+    // Port 1 on loopback: connection refused, as from a node whose machine is gone.
+    let url = format!(
+        "postgres://{}@127.0.0.1:1,{}:{}/{db}?target_session_attrs=read-write",
+        real.get_username(),
+        real.get_host(),
+        real.get_port()
+    );
+    let cfg = DbConfig {
+        database_url: url,
+        db_max_connections: 4,
+        db_acquire_timeout: Duration::from_secs(3),
+        db_statement_timeout: Duration::from_secs(5),
+    };
+    let service_pool = wallet_service::app::connect_db(&cfg).await.unwrap();
+    let options = service_pool.connect_options();
+    assert_eq!(
+        (options.get_host(), options.get_port()),
+        (real.get_host(), real.get_port()),
+        "the pool must point at the host that answers"
+    );
+    let (db_name, read_only): (String, bool) = sqlx::query_as(
+        "select current_database(), pg_is_in_recovery() or current_setting('transaction_read_only')::bool",
+    )
+    .fetch_one(&service_pool)
+    .await
+    .unwrap();
+    assert_eq!((db_name.as_str(), read_only), (db, false));
+    // Writes go through: the whole API on this pool.
+    let app = spawn_on(service_pool.clone(), serve_config(&Opts::default())).await;
+    let owner = "multi-host-owner";
+    let wallet = app.create_wallet(owner, "EUR").await;
+    app.deposit(&wallet, 1_000, "EUR").await;
+    assert_eq!(app.balance(owner, &wallet).await.0, 1_000);
+    app.stop().await;
+    service_pool.close().await;
+}
+
+/// An `AMQP_URL` listing a node that is down before the real one: the connection goes to the
+/// node that accepts it.
+#[tokio::test]
+async fn an_amqp_url_with_a_dead_node_first_connects_to_the_live_one() {
+    let nodes = shared::amqp::AmqpNodes::parse(&format!(
+        "amqp://guest:guest@127.0.0.1:1/%2f,{}",
+        amqp_url()
+    ));
+    assert_eq!(nodes.len(), 2);
+    let conn = nodes.connect().await.expect("the live node accepts");
+    assert!(conn.status().connected());
+    // The next connection starts with the node that worked.
+    let again = nodes.connect().await.expect("still there");
+    assert!(again.status().connected());
+    let _ = conn.close(0, "done".into()).await;
+    let _ = again.close(0, "done".into()).await;
+}

@@ -159,13 +159,18 @@ pub async fn spawn(pool: PgPool, opts: Opts) -> TestApp {
 
 /// The service with settings of the test's own making.
 pub async fn spawn_with(pool: PgPool, cfg: ServeConfig) -> TestApp {
+    // The service's own pool on the test database, with the session settings it runs with
+    // in production (lock and statement timeouts); `pool` stays the test's view.
+    let service_pool = wallet_service::app::pool_with(&cfg.db, (*pool.connect_options()).clone());
+    spawn_on(service_pool, cfg).await
+}
+
+/// The service on a pool of the test's making (e.g. one from `app::connect_db`).
+pub async fn spawn_on(service_pool: PgPool, cfg: ServeConfig) -> TestApp {
     show_logs_when_asked();
     let prefix = cfg.brokers.broker_prefix.clone();
     let (trigger, shutdown) = shared::shutdown::channel();
     let metrics = shared::telemetry::install_metrics();
-    // The service's own pool on the test database, with the session settings it runs with
-    // in production (lock and statement timeouts); `pool` stays the test's view.
-    let service_pool = wallet_service::app::pool_with(&cfg.db, (*pool.connect_options()).clone());
     let running = wallet_service::app::start_with_pool(cfg, service_pool, metrics, shutdown)
         .await
         .expect("app starts");
