@@ -72,7 +72,7 @@ pub(crate) async fn inject(
                 _ => "processor-service",
             };
             // Either instance, by seed: the first one also runs what the second does.
-            let name = if seed % 2 == 0 {
+            let name = if seed.is_multiple_of(2) {
                 service.to_string()
             } else {
                 format!("{service}-2")

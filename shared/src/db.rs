@@ -318,7 +318,10 @@ mod tests {
             &[("::1".to_string(), 6000), ("fe80::2".to_string(), 5432)]
         );
         let t = DbTarget::parse("postgres:///wallet?host=/run/pg&port=5433").unwrap();
-        assert_eq!(t.hosts(), &[("/run/pg".to_string(), 5433)]);
+        assert_eq!(t.hosts().len(), 1);
+        let socket = t.options().get_socket().map(|p| p.to_path_buf());
+        assert_eq!(socket, Some(std::path::PathBuf::from("/run/pg")));
+        assert_eq!(t.options().get_port(), 5433);
         assert!(!t.is_replicated());
     }
 

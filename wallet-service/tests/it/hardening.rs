@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use wallet_service::config::DbConfig;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
