@@ -49,7 +49,21 @@ PROCESSES = [
     ("tansu", "tansu", "tansu"),
     ("postgres", "postgres", "postgres"),
     ("rabbitmq", "rabbitmq", "rabbit"),
+    # The highly available topology's (scripts/up --ha, docs/HA.md); absent otherwise. Each
+    # PostgreSQL node is its pg_autoctl keeper with its postmaster and backends under it.
+    ("wallet-service-2", "wallet-service-2", "target/release/wallet-service"),
+    ("processor-service-2", "processor-service-2", "target/release/processor-service"),
+    ("haproxy", "haproxy", "haproxy"),
+    ("postgres-monitor", "ha-pg-monitor", "pg_autoctl"),
+    ("postgres-node1", "ha-pg-node1", "pg_autoctl"),
+    ("postgres-node2", "ha-pg-node2", "pg_autoctl"),
+    ("rabbitmq-1", "ha-rabbit1", "rabbit"),
+    ("rabbitmq-2", "ha-rabbit2", "rabbit"),
+    ("rabbitmq-3", "ha-rabbit3", "rabbit"),
 ]
+# Rows shown only when the process ran: the HA topology's.
+HA_ONLY = {"wallet-service-2", "processor-service-2", "haproxy", "postgres-monitor",
+           "postgres-node1", "postgres-node2", "rabbitmq-1", "rabbitmq-2", "rabbitmq-3"}
 
 # Latency of each hop of a payment, from the services' own histograms:
 # (key, label, service, metric, label filter, what it measures).
@@ -627,6 +641,15 @@ DISPLAY = {
     "postgres": "PostgreSQL (postmaster + backends)",
     "rabbitmq": "RabbitMQ (Erlang VM)",
     "tansu": "Kafka broker (Tansu)",
+    "wallet-service-2": "wallet-service, second instance",
+    "processor-service-2": "processor-service, second instance",
+    "haproxy": "HAProxy",
+    "postgres-monitor": "PostgreSQL pg_auto_failover monitor",
+    "postgres-node1": "PostgreSQL node1 (keeper + postmaster + backends)",
+    "postgres-node2": "PostgreSQL node2 (keeper + postmaster + backends)",
+    "rabbitmq-1": "RabbitMQ node 1",
+    "rabbitmq-2": "RabbitMQ node 2",
+    "rabbitmq-3": "RabbitMQ node 3",
     "loadtest": "load generator",
 }
 
@@ -655,6 +678,8 @@ def bench_section(path):
     total = 0.0
     for name, label in DISPLAY.items():
         c = w["cpu"].get(name)
+        if c is None and name in HA_ONLY:
+            continue
         if c is None:
             lines.append(f"| {label} | not running / restarted | | |")
             continue

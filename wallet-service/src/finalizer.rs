@@ -161,8 +161,11 @@ async fn apply_one<'a>(
 
 /// Consecutive consumer errors for this long mean the consumer is stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(15);
-/// How often the consumer checks that someone reads every partition it does not hold.
-const ASSIGNMENT_CHECK_EVERY: Duration = Duration::from_secs(20);
+/// How often the consumer checks that someone reads every partition it does not hold. With
+/// two instances (the HA topology) this bounds how long a dead instance's partitions go
+/// unread on Tansu after its session expires (6 s): a metadata request every 5 s, and a group
+/// listing only while this consumer holds fewer than all partitions.
+const ASSIGNMENT_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 impl Finalizer {
     pub async fn run(self, mut shutdown: Shutdown) -> Stopped {
