@@ -24,10 +24,12 @@ defaults
     timeout client 30s
     timeout server 15s
     # A connection refused by a dead instance is tried again on the other one; the request
-    # had not been sent, so this never runs a request twice.
+    # had not been sent, so this never runs a request twice. Not empty-response: a request
+    # the instance received and died on may have run (a POST /v1/wallets has no required
+    # Idempotency-Key); its client gets 502 and decides.
     retries 2
     option redispatch 1
-    retry-on conn-failure empty-response
+    retry-on conn-failure
     errorfile 503 $HAPROXY_DIR/503.http
 
 frontend wallet_api
