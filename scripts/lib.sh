@@ -57,7 +57,6 @@ SERVICES=(local-idp mock-gateway processor-service wallet-service)
 # each service, HAProxy in front of the wallet API on WALLET_PORT. scripts/up --ha writes the
 # mode into .run/mode; every script reads it from there.
 MODE_FILE="$RUN_DIR/mode"
-STACK_MODE=$(cat "$MODE_FILE" 2>/dev/null || echo default)
 HA_PG_MONITOR_PORT=54330
 HA_PG_PORTS=(54331 54332)
 HA_RABBIT_PORTS=(5681 5682 5683)
@@ -66,9 +65,15 @@ HA_PROCESSOR_PORTS=(8081 8083)
 HA_WALLET_METRICS_PORTS=(9180 9182)
 HA_PROCESSOR_METRICS_PORTS=(9181 9183)
 HAPROXY_METRICS_PORT=9186
-if [[ $STACK_MODE == ha ]]; then
-    SERVICES=(local-idp mock-gateway processor-service processor-service-2 wallet-service wallet-service-2)
-fi
+
+# use_mode MODE: the topology the scripts act on (default or ha), and its services.
+use_mode() {
+    STACK_MODE=$1
+    if [[ $STACK_MODE == ha ]]; then
+        SERVICES=(local-idp mock-gateway processor-service processor-service-2 wallet-service wallet-service-2)
+    fi
+}
+use_mode "$(cat "$MODE_FILE" 2>/dev/null || echo default)"
 
 export DEBIAN_FRONTEND=noninteractive
 # rustup installs cargo (and cargo install puts tansu) here; non-login shells (CI) often
@@ -323,6 +328,9 @@ rabbit_running() {
 
 # The binary of a service instance: wallet-service-2 runs wallet-service.
 svc_bin() { echo "${1%-2}"; }
+
+# What the instance's command line contains (for live_pid): the binary it runs.
+svc_pattern() { echo "target/release/$(svc_bin "$1")"; }
 
 # The instance's index in the HA port tables: 0 for the first, 1 for "-2".
 svc_index() { [[ $1 == *-2 ]] && echo 1 || echo 0; }

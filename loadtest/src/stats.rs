@@ -135,25 +135,23 @@ impl Outages {
         let (sent, at) = (sent.as_secs_f64(), at.as_secs_f64());
         match (&mut self.open, ok) {
             (None, false) => {
-                let recent = self
+                // A failure soon after the last window's end reopens it.
+                let continues = self
                     .closed
                     .last()
                     .and_then(|o| o.end_s)
                     .is_some_and(|end| at - end < Self::MERGE_WITHIN_S);
-                let mut reopened = match self.closed.pop() {
-                    Some(last) if recent => last,
-                    other => {
-                        self.closed.extend(other);
-                        Outage {
-                            start_s: at,
-                            end_s: None,
-                            failures: 0,
-                        }
-                    }
-                };
-                reopened.end_s = None;
-                reopened.failures += 1;
-                self.open = Some(reopened);
+                let mut o = continues
+                    .then(|| self.closed.pop())
+                    .flatten()
+                    .unwrap_or(Outage {
+                        start_s: at,
+                        end_s: None,
+                        failures: 0,
+                    });
+                o.end_s = None;
+                o.failures += 1;
+                self.open = Some(o);
             }
             (Some(o), false) => o.failures += 1,
             // Only a request sent after the first failure shows the system is back: one sent

@@ -84,16 +84,6 @@ ha_pg_healthy() {
         and exists (select from pg_stat_replication where sync_state in ('sync', 'quorum'))")" == t ]]
 }
 
-ha_pg_install() {
-    local pkg="postgresql-$PG_MAJOR-auto-failover" log="$LOG_DIR/apt.log"
-    local opts=(-y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
-    [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null)" == ii* ]] && return 0
-    command -v apt-get >/dev/null || die "$pkg is missing and there is no apt-get: install it by hand"
-    info "installing $pkg (apt log: $log)"
-    { as_root apt-get install "${opts[@]}" "$pkg" || { as_root apt-get update -q && as_root apt-get install "${opts[@]}" "$pkg"; }; } >>"$log" 2>&1 ||
-        { show_log_tail "$log"; die "apt-get install $pkg failed"; }
-}
-
 # ha_pg_run NODE: create NODE if needed, then start its `pg_autoctl run`.
 ha_pg_run() {
     local n=$1 d="$HA_PG_DIR/$1" port log="$LOG_DIR/ha-pg-$1.log" pid args
@@ -132,10 +122,14 @@ ha_pg_run() {
     fi
 }
 
+# ha_pg_start: create and start what is missing, then wait for a primary and a synchronous
+# secondary. It is also what brings a killed node back (scripts/chaos-ctl restore runs
+# scripts/up): the node rejoins as the secondary, rewound by pg_autoctl if need be.
 ha_pg_start() {
     local t n deadline last=0
     t=$(now)
-    ha_pg_install
+    # scripts/up's ensure_packages installs it in this mode.
+    command -v pg_autoctl >/dev/null || die "pg_autoctl not found (Debian package postgresql-$PG_MAJOR-auto-failover)"
     ensure_run_dirs
     as_root mkdir -p "$HA_PG_DIR"
     as_root chown postgres:postgres "$HA_PG_DIR"
@@ -154,10 +148,6 @@ ha_pg_start() {
     done
     ok "PostgreSQL HA: $(ha_pg_states); primary $(ha_pg_primary) ($(since "$t"))"
 }
-
-# ha_pg_restore: start the nodes that are down; a killed one rejoins as a secondary
-# (pg_autoctl rewinds it with pg_rewind, or clones it again).
-ha_pg_restore() { ha_pg_start; }
 
 # ha_pg_tree PID...: those processes and all their descendants, one a line.
 ha_pg_tree() {

@@ -16,9 +16,7 @@
 HA_RABBIT_DIR="$RUN_DIR/ha/rabbitmq"
 HA_RABBIT_NODES=(1 2 3)
 HA_RABBIT_QUEUE=payments.requested # ha_rabbit_status shows its members
-HA_RABBIT_ENV=()
-# AMQP ports: HA_RABBIT_PORTS from scripts/lib.sh; this default keeps the file self-contained.
-[[ -v HA_RABBIT_PORTS ]] || HA_RABBIT_PORTS=(5681 5682 5683)
+HA_RABBIT_ENV=() # AMQP ports: HA_RABBIT_PORTS, in scripts/lib.sh
 
 ha_rabbit_name() { printf 'rabbit%s@localhost\n' "$1"; } # "localhost": see RABBIT_ENV
 ha_rabbit_port() { printf '%s\n' "${HA_RABBIT_PORTS[$1 - 1]}"; }
@@ -180,9 +178,6 @@ ha_rabbit_kill() {
     while pid_alive "$pid" && (($(now) < deadline)); do sleep 0.1; done
     info "RabbitMQ HA: killed $name: beam.smp pid $pid (SIGKILL), AMQP port $(ha_rabbit_port "$n")"
 }
-
-# ha_rabbit_restore: start the nodes that are down; they rejoin with their mnesia.
-ha_rabbit_restore() { ha_rabbit_start; }
 
 # ha_rabbit_status [QUEUE]: nodes, and the members of QUEUE (default payments.requested).
 ha_rabbit_status() {

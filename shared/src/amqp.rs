@@ -76,15 +76,15 @@ impl AmqpNodes {
 
 /// The URL without its password, for logs.
 fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(at)) => {
-            let user = rest[..at - scheme.len() - 3]
-                .split(':')
-                .next()
-                .unwrap_or("");
-            format!("{scheme}://{user}@{}", &url[at + 1..])
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, node)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{node}")
         }
-        _ => url.to_string(),
+        None => url.to_string(),
     }
 }
 

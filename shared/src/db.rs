@@ -8,7 +8,7 @@
 //! and the client's retry under the same `Idempotency-Key` is safe.
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 use std::time::Duration;
 
 /// How often the watcher asks the host the pool uses whether it is still the primary.
@@ -71,7 +71,7 @@ impl DbTarget {
         })
     }
 
-    /// The options of the first host; [`DbTarget::for_host`] for another.
+    /// The options of the first host.
     pub fn options(&self) -> PgConnectOptions {
         self.options.clone()
     }
@@ -85,24 +85,21 @@ impl DbTarget {
         self.hosts.len() > 1
     }
 
-    fn for_host(
-        &self,
-        options: &PgConnectOptions,
-        (host, port): &(String, u16),
-    ) -> PgConnectOptions {
-        options.clone().host(host).port(*port)
-    }
-
     /// The first host that answers as a primary, with `options` pointed at it.
     pub async fn find_primary(&self, options: &PgConnectOptions) -> Option<PgConnectOptions> {
         for host in &self.hosts {
-            let candidate = self.for_host(options, host);
+            let candidate = on_host(options, host);
             if probe(&candidate).await == Some(Role::Primary) {
                 return Some(candidate);
             }
         }
         None
     }
+}
+
+/// `options` (user, database, session settings) pointed at another host.
+fn on_host(options: &PgConnectOptions, (host, port): &(String, u16)) -> PgConnectOptions {
+    options.clone().host(host).port(*port)
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`; libpq's default port when none is given.
@@ -150,21 +147,37 @@ pub enum Role {
 /// Connects to the host of `options` and asks whether it is in recovery; None if it did not
 /// answer within [`PROBE_TIMEOUT`].
 async fn probe(options: &PgConnectOptions) -> Option<Role> {
-    let ask = async {
-        let mut conn = options.connect().await.ok()?;
-        let standby = role_of(&mut conn).await.ok()?;
-        let _ = conn.close().await;
-        Some(standby)
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, ask)
-        .await
-        .ok()
-        .flatten()
+    let mut conn = None;
+    let role = ask(&mut conn, options).await;
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
+    role
+}
+
+/// Asks the host of `options` for its role over `conn`, connecting first if there is none;
+/// None (and `conn` dropped) if it did not answer within [`PROBE_TIMEOUT`].
+async fn ask(conn: &mut Option<PgConnection>, options: &PgConnectOptions) -> Option<Role> {
+    let asked = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(options.connect().await?),
+        };
+        role_of(c).await
+    })
+    .await;
+    match asked {
+        Ok(Ok(role)) => Some(role),
+        _ => {
+            *conn = None;
+            None
+        }
+    }
 }
 
 /// A standby, or a primary not yet taking writes (just promoted, or being demoted): what
 /// libpq's `target_session_attrs=read-write` refuses.
-pub async fn role_of(conn: &mut sqlx::PgConnection) -> Result<Role, sqlx::Error> {
+pub async fn role_of(conn: &mut PgConnection) -> Result<Role, sqlx::Error> {
     let sql = "select pg_is_in_recovery() or current_setting('transaction_read_only')::bool";
     let standby: bool = sqlx::query_scalar(sql).fetch_one(conn).await?;
     Ok(if standby {
@@ -193,13 +206,12 @@ pub async fn primary_pool(
     if !target.is_replicated() {
         return pool.connect_lazy_with(session(target.options()));
     }
-    let options = match target.find_primary(&target.options()).await {
-        Some(primary) => primary,
-        None => {
-            tracing::warn!("no PostgreSQL host answers as the primary yet; waiting for one");
-            target.options()
-        }
-    };
+    let found = target.find_primary(&target.options()).await;
+    metrics::gauge!("db_primary_available").set(if found.is_some() { 1.0 } else { 0.0 });
+    let options = found.unwrap_or_else(|| {
+        tracing::warn!("no PostgreSQL host answers as the primary yet; waiting for one");
+        target.options()
+    });
     tracing::info!(
         hosts = target.hosts().len(),
         primary = %format!("{}:{}", options.get_host(), options.get_port()),
@@ -221,18 +233,22 @@ pub async fn primary_pool(
 }
 
 /// Keeps `pool` pointed at the primary until the pool is closed: every [`WATCH_EVERY`] the
-/// host in use is asked whether it is still the primary; if it is not, or does not answer,
-/// every host is asked, and the pool's new connections go to the one that is.
+/// host in use is asked whether it is still the primary, over one connection kept for it (a
+/// new one only after a failure, not a backend started twice a second); if it is not, or does
+/// not answer, every host is asked, and the pool's new connections go to the one that is.
 pub async fn follow_primary(pool: PgPool, target: DbTarget) {
     let mut ticker = tokio::time::interval(WATCH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_since: Option<std::time::Instant> = None;
+    let mut watch: Option<PgConnection> = None;
     while !pool.is_closed() {
         ticker.tick().await;
         let current = (*pool.connect_options()).clone();
-        if probe(&current).await == Some(Role::Primary) {
+        if ask(&mut watch, &current).await == Some(Role::Primary) {
             continue;
         }
+        // Not the primary any more, or gone: the next ask connects to wherever the pool goes.
+        watch = None;
         let started = *lost_since.get_or_insert_with(std::time::Instant::now);
         metrics::gauge!("db_primary_available").set(0.0);
         match target.find_primary(&current).await {
@@ -289,7 +305,7 @@ mod tests {
         assert_eq!((o.get_host(), o.get_port()), ("10.0.0.1", 5432));
         assert_eq!(o.get_username(), "app");
         assert_eq!(o.get_database(), Some("wallet"));
-        let other = t.for_host(&o, &t.hosts()[2]);
+        let other = on_host(&o, &t.hosts()[2]);
         assert_eq!((other.get_host(), other.get_port()), ("db3", 6000));
         assert_eq!(other.get_username(), "app");
     }

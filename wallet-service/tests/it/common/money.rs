@@ -28,33 +28,11 @@ pub async fn assert_money_conserved(pool: &PgPool) {
             "negative balance in wallet {id}"
         );
     }
-    let wrong: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-        "WITH r AS (
-             SELECT payment_id,
-                    COALESCE(sum(amount) FILTER (WHERE status = 'succeeded'), 0) AS succeeded,
-                    COALESCE(sum(amount) FILTER (WHERE status = 'pending'), 0) AS pending
-             FROM refunds GROUP BY payment_id
-         ), e AS (
-             SELECT l.payment_id, sum(l.amount) AS entries
-             FROM ledger_entries l JOIN refunds f ON f.id = l.refund_id
-             GROUP BY l.payment_id
-         )
-         SELECT p.id, format('amount %s, refunded %s, reserved %s, succeeded refunds %s, \
-                              pending refunds %s, refund entries %s',
-                             p.amount, p.refunded, p.refund_reserved, COALESCE(r.succeeded, 0),
-                             COALESCE(r.pending, 0), COALESCE(e.entries, 0))
-         FROM payments p
-         LEFT JOIN r ON r.payment_id = p.id
-         LEFT JOIN e ON e.payment_id = p.id
-         WHERE p.refunded + p.refund_reserved > p.amount
-            OR p.refunded <> COALESCE(r.succeeded, 0)
-            OR p.refund_reserved <> COALESCE(r.pending, 0)
-            OR p.refunded <> COALESCE(e.entries, 0)
-            OR (p.refunded + p.refund_reserved > 0 AND p.status <> 'succeeded')",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let wrong: Vec<String> =
+        sqlx::query_scalar(include_str!("../../../sql/refunds_disagreeing.sql"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
     assert!(
         wrong.is_empty(),
         "refunds disagree with payments: {wrong:?}"
