@@ -31,6 +31,13 @@ INDEXES = [
     # several times per fetched partition; the table has one row per partition ever
     # created (tests create private topics on every run) and no index on topition.
     ("wallet_watermark_topition", "watermark", "topition"),
+    # lite/policy_delete.sql, the retention pass (every 10 minutes, in the task that serves
+    # every request), tests `now - timestamp > retention.ms` on every record of each pruned
+    # topic: no index can serve that expression, but this one covers it, so the pass reads
+    # small index pages instead of every record's value. Measured on a copy of the broker's
+    # file holding 720,000 records: the scan 1.4 s -> 0.22-0.35 s, a pass deleting 120,000
+    # of them (ten minutes at 200 records/s) 3.5 s -> 2.0 s.
+    ("wallet_record_topition_timestamp", "record", "topition, timestamp, offset_id"),
 ]
 
 

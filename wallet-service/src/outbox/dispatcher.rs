@@ -7,7 +7,7 @@
 //! again (at-least-once) and the consumers deduplicate.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
-use crate::outbox::Wakeup;
+use crate::outbox::{Batch, Wakeup};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use shared::amqp::AmqpNodes;
@@ -152,9 +152,10 @@ impl Dispatcher {
         let mut db_failures = 0;
         while !shutdown.is_triggered() {
             match self.publish_batch(channel).await {
-                Ok(n) => {
+                Ok(batch) => {
                     db_failures = 0;
-                    if n as i64 >= self.config.outbox_batch_size {
+                    wakeup.published(&batch.published);
+                    if batch.claimed as i64 >= self.config.outbox_batch_size {
                         continue; // More may be waiting: no need to sleep.
                     }
                 }
@@ -184,8 +185,8 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Claims, publishes and marks one batch. Returns how many rows were claimed.
-    async fn publish_batch(&self, channel: &Channel) -> Result<usize, BatchError> {
+    /// Claims, publishes and marks one batch.
+    async fn publish_batch(&self, channel: &Channel) -> Result<Batch, BatchError> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query_as!(
             Unpublished,
@@ -197,7 +198,10 @@ impl Dispatcher {
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Batch {
+                claimed: 0,
+                published: Vec::new(),
+            });
         }
         let start = Instant::now();
         let mut pending = Vec::with_capacity(rows.len());
@@ -278,6 +282,9 @@ impl Dispatcher {
         metrics::counter!("outbox_published_total").increment(published.len() as u64);
         metrics::histogram!("outbox_publish_batch_duration_seconds")
             .record(start.elapsed().as_secs_f64());
-        Ok(rows.len())
+        Ok(Batch {
+            claimed: rows.len(),
+            published,
+        })
     }
 }

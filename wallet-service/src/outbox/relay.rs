@@ -8,7 +8,7 @@
 //! `event_id`, which is what consumers dedupe on.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
-use crate::outbox::{Channel, Wakeup};
+use crate::outbox::{Batch, Channel, Wakeup};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
 use shared::shutdown::Shutdown;
@@ -97,9 +97,10 @@ impl EventRelay {
         );
         while !shutdown.is_triggered() {
             match self.publish_batch().await {
-                Ok(n) => {
+                Ok(batch) => {
                     failures = 0;
-                    if n as i64 >= self.config.outbox_batch_size {
+                    wakeup.published(&batch.published);
+                    if batch.claimed as i64 >= self.config.outbox_batch_size {
                         continue;
                     }
                 }
@@ -132,9 +133,9 @@ impl EventRelay {
         }
     }
 
-    /// Claims, produces and marks one batch; returns how many rows were claimed (0 also
-    /// when another relay holds the lock).
-    async fn publish_batch(&self) -> anyhow::Result<usize> {
+    /// Claims, produces and marks one batch (none claimed when another relay holds the
+    /// lock).
+    async fn publish_batch(&self) -> anyhow::Result<Batch> {
         let mut tx = self.pool.begin().await?;
         let mine = sqlx::query_scalar!(
             r#"SELECT pg_try_advisory_xact_lock($1) AS "mine!""#,
@@ -143,7 +144,10 @@ impl EventRelay {
         .fetch_one(&mut *tx)
         .await?;
         if !mine {
-            return Ok(0);
+            return Ok(Batch {
+                claimed: 0,
+                published: Vec::new(),
+            });
         }
         let rows = sqlx::query_as!(
             Claimed,
@@ -155,7 +159,10 @@ impl EventRelay {
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Batch {
+                claimed: 0,
+                published: Vec::new(),
+            });
         }
         let start = Instant::now();
         // Per wallet, an event is sent only after the one before it was acknowledged (one
@@ -240,7 +247,10 @@ impl EventRelay {
             metrics::counter!("events_publish_failures_total").increment(failed);
             anyhow::bail!("{failed} of {} events were not acknowledged", rows.len());
         }
-        Ok(rows.len())
+        Ok(Batch {
+            claimed: rows.len(),
+            published,
+        })
     }
 }
 
