@@ -23,6 +23,7 @@ As a command:
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -480,6 +481,19 @@ def tansu_db_bytes(path=TANSU_DB):
         except OSError:
             pass
     return sum(sizes) if sizes else None
+
+
+def tansu_records(path=TANSU_DB):
+    """Records Tansu holds (rows of its `record` table), read through a read-only
+    connection that never blocks the broker's writes (WAL); None if unreadable."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        try:
+            return db.execute("select count(*) from record").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
 
 
 # ------------------------------------------------------------------ measure (scripts/bench)
