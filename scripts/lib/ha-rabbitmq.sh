@@ -63,7 +63,7 @@ listeners.tcp.default = $HOST:$(ha_rabbit_port "$n")
 prometheus.tcp.ip = $HOST
 prometheus.tcp.port = $((15700 + n))
 # As the default node (scripts/up, docs/LOADTEST.md): bound the quorum queues' WAL memory.
-raft.wal_max_size_bytes = 67108864
+raft.wal_max_size_bytes = 16777216
 # The usual choice for three nodes: a node cut off from the other two stops serving.
 cluster_partition_handling = pause_minority
 EOF
