@@ -36,10 +36,12 @@ pub fn producer(brokers: &str) -> KafkaResult<FutureProducer> {
 /// CPU per payment (3.0 ms either way) nor anything else, and added its wait to every
 /// result's way to the wallet. A knob for brokers and rates where batches do fill.
 pub fn linger_ms() -> u32 {
-    std::env::var("KAFKA_LINGER_MS")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(1)
+    env_u32("KAFKA_LINGER_MS").unwrap_or(1)
+}
+
+/// A whole number from the environment; None when unset or not a number.
+fn env_u32(name: &str) -> Option<u32> {
+    std::env::var(name).ok()?.parse().ok()
 }
 
 /// Whether producers are idempotent (`KAFKA_IDEMPOTENCE`, default true). Only an idempotent
@@ -101,10 +103,7 @@ pub fn consumer(brokers: &str, group: &str) -> KafkaResult<Consumer> {
 /// result and what the broker spends polling (about 38 % of a core at 10 ms, idle), so
 /// `scripts/up` sets it for Tansu (see docs/BROKER.md).
 pub fn fetch_wait_ms() -> u32 {
-    std::env::var("KAFKA_FETCH_WAIT_MS")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .map_or(100, |ms| ms.max(1))
+    env_u32("KAFKA_FETCH_WAIT_MS").map_or(100, |ms| ms.max(1))
 }
 
 /// A string header of a Kafka message.

@@ -198,10 +198,7 @@ impl Dispatcher {
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
-            return Ok(Batch {
-                claimed: 0,
-                published: Vec::new(),
-            });
+            return Ok(Batch::default());
         }
         let start = Instant::now();
         let mut pending = Vec::with_capacity(rows.len());

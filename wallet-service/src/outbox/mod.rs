@@ -118,6 +118,7 @@ impl Recent {
 }
 
 /// What one relay batch did: how many rows it claimed and which of them it published.
+#[derive(Default)]
 pub struct Batch {
     pub claimed: usize,
     pub published: Vec<Uuid>,

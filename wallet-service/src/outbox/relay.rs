@@ -144,10 +144,7 @@ impl EventRelay {
         .fetch_one(&mut *tx)
         .await?;
         if !mine {
-            return Ok(Batch {
-                claimed: 0,
-                published: Vec::new(),
-            });
+            return Ok(Batch::default());
         }
         let rows = sqlx::query_as!(
             Claimed,
@@ -159,10 +156,7 @@ impl EventRelay {
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
-            return Ok(Batch {
-                claimed: 0,
-                published: Vec::new(),
-            });
+            return Ok(Batch::default());
         }
         let start = Instant::now();
         // Per wallet, an event is sent only after the one before it was acknowledged (one
