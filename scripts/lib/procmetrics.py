@@ -458,17 +458,35 @@ def process_snapshot(roots, memory=True, table=None):
     return out
 
 
-def machine_cpu_seconds():
-    """(busy, total) CPU seconds of the whole machine since boot, all cores, from /proc/stat."""
+def _machine_ticks():
+    """The machine's `cpu` line of /proc/stat (user nice system idle iowait irq softirq steal
+    ...), in clock ticks since boot over all cores; None if unreadable."""
     text = _read("/proc/stat") or ""
     for line in text.splitlines():
         if line.startswith("cpu "):
             v = [int(x) for x in line.split()[1:]]
-            idle = v[3] + (v[4] if len(v) > 4 else 0)
-            # guest time is already inside user and nice
-            total = sum(v[:8])
-            return (total - idle) / CLK_TCK, total / CLK_TCK
-    return None, None
+            return v + [0] * (8 - len(v))
+    return None
+
+
+def machine_cpu_seconds():
+    """(busy, total) CPU seconds of the whole machine since boot, all cores, from /proc/stat."""
+    v = _machine_ticks()
+    if v is None:
+        return None, None
+    idle = v[3] + v[4]
+    # guest time is already inside user and nice
+    total = sum(v[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def machine_steal_seconds():
+    """(steal, total) CPU seconds since boot: steal is time the hypervisor ran someone else
+    while this machine had work, which slows every process here without showing in any."""
+    v = _machine_ticks()
+    if v is None:
+        return None, None
+    return v[7] / CLK_TCK, sum(v[:8]) / CLK_TCK
 
 
 def tansu_db_bytes(path=TANSU_DB):
