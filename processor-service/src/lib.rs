@@ -77,6 +77,7 @@ pub async fn start(
     metrics: PrometheusHandle,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
+    shared::kafka::check_env()?;
     consumer::describe_metrics();
     gateway::describe_metrics();
     let gateway = Arc::new(GatewayClient::new(

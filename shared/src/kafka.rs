@@ -36,18 +36,64 @@ pub fn producer(brokers: &str) -> KafkaResult<FutureProducer> {
 /// CPU per payment (3.0 ms either way) nor anything else, and added its wait to every
 /// result's way to the wallet. A knob for brokers and rates where batches do fill.
 pub fn linger_ms() -> u32 {
-    env_u32("KAFKA_LINGER_MS").unwrap_or(1)
+    env_u32("KAFKA_LINGER_MS").ok().flatten().unwrap_or(1)
 }
 
-/// A whole number from the environment; None when unset or not a number.
-fn env_u32(name: &str) -> Option<u32> {
-    std::env::var(name).ok()?.parse().ok()
+/// A Kafka setting in the environment that the services cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?} is not valid: {expected}")]
+pub struct EnvError {
+    name: &'static str,
+    value: String,
+    expected: &'static str,
+}
+
+/// Checks the Kafka settings read from the environment (`KAFKA_LINGER_MS`,
+/// `KAFKA_FETCH_WAIT_MS`, `KAFKA_IDEMPOTENCE`), so that a typo stops the service at start
+/// instead of running it on the default without a word.
+pub fn check_env() -> Result<(), EnvError> {
+    env_u32("KAFKA_LINGER_MS")?;
+    env_u32("KAFKA_FETCH_WAIT_MS")?;
+    env_bool("KAFKA_IDEMPOTENCE")?;
+    Ok(())
+}
+
+/// A whole number from the environment; None when unset.
+fn env_u32(name: &'static str) -> Result<Option<u32>, EnvError> {
+    parse_u32(name, std::env::var(name).ok())
+}
+
+/// `true` or `false` from the environment; None when unset.
+fn env_bool(name: &'static str) -> Result<Option<bool>, EnvError> {
+    parse_bool(name, std::env::var(name).ok())
+}
+
+fn parse_u32(name: &'static str, value: Option<String>) -> Result<Option<u32>, EnvError> {
+    let Some(value) = value else { return Ok(None) };
+    value.parse().map(Some).map_err(|_| EnvError {
+        name,
+        value,
+        expected: "a whole number of milliseconds",
+    })
+}
+
+fn parse_bool(name: &'static str, value: Option<String>) -> Result<Option<bool>, EnvError> {
+    match value.as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(EnvError {
+            name,
+            value: value.unwrap_or_default(),
+            expected: "true or false",
+        }),
+    }
 }
 
 /// Whether producers are idempotent (`KAFKA_IDEMPOTENCE`, default true). Only an idempotent
 /// producer keeps a partition's order when a send fails and is retried.
 pub fn idempotence_enabled() -> bool {
-    std::env::var("KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false")
+    env_bool("KAFKA_IDEMPOTENCE").ok().flatten().unwrap_or(true)
 }
 
 /// Exports the consumer lag librdkafka reports in its statistics, per topic and partition.
@@ -103,7 +149,10 @@ pub fn consumer(brokers: &str, group: &str) -> KafkaResult<Consumer> {
 /// result and what the broker spends polling (about 38 % of a core at 10 ms, idle), so
 /// `scripts/up` sets it for Tansu (see docs/BROKER.md).
 pub fn fetch_wait_ms() -> u32 {
-    env_u32("KAFKA_FETCH_WAIT_MS").map_or(100, |ms| ms.max(1))
+    env_u32("KAFKA_FETCH_WAIT_MS")
+        .ok()
+        .flatten()
+        .map_or(100, |ms| ms.max(1))
 }
 
 /// A string header of a Kafka message.
@@ -125,4 +174,37 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Owned
                 value: Some(value),
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_are_not_numbers_or_booleans_are_refused_by_name() {
+        assert_eq!(parse_u32("KAFKA_LINGER_MS", None).unwrap(), None);
+        assert_eq!(
+            parse_u32("KAFKA_LINGER_MS", Some("5".into())).unwrap(),
+            Some(5)
+        );
+        let e = parse_u32("KAFKA_LINGER_MS", Some("5ms".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "KAFKA_LINGER_MS=\"5ms\" is not valid: a whole number of milliseconds"
+        );
+        assert!(parse_u32("KAFKA_FETCH_WAIT_MS", Some("-1".into())).is_err());
+        assert_eq!(
+            parse_bool("KAFKA_IDEMPOTENCE", Some("false".into())).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            parse_bool("KAFKA_IDEMPOTENCE", Some("true".into())).unwrap(),
+            Some(true)
+        );
+        let e = parse_bool("KAFKA_IDEMPOTENCE", Some("no".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "KAFKA_IDEMPOTENCE=\"no\" is not valid: true or false"
+        );
+    }
 }

@@ -166,6 +166,7 @@ pub async fn dispatch(
     (metrics_bind, metrics): (&str, shared::telemetry::PrometheusHandle),
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
+    shared::kafka::check_env()?;
     describe_metrics();
     let pool = connect_db(&db).await?;
     let producer = shared::kafka::producer(&brokers.kafka_brokers)?;
@@ -205,6 +206,7 @@ pub async fn start_with_pool(
     // Before anything else: sign-in settings that cannot work are an operator's error, said
     // plainly (a weak AUTH_JWT_SECRET, both modes, a JWKS without issuer and audience).
     let verifier = Verifier::from_config(&cfg.auth)?;
+    shared::kafka::check_env()?;
     describe_metrics();
     // Migrations need the database; retry for a while so start order does not matter.
     let mut tries = 0;
