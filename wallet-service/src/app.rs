@@ -5,6 +5,7 @@ use crate::finalizer::{self, Finalizer};
 use crate::http::{self, AppState, Health};
 use crate::outbox::dispatcher::{self, Dispatcher};
 use crate::outbox::relay::{self, EventRelay};
+use crate::outbox::{Chimes, Doorbell};
 use crate::signin::Verifier;
 use anyhow::Context;
 use rdkafka::consumer::Consumer;
@@ -142,18 +143,25 @@ pub use shared::shutdown::Running;
 /// The outbox relays (payment requests to RabbitMQ, events to Kafka), started the same way by
 /// `serve` (with `RUN_DISPATCHER`) and by `dispatch`. Returns the RabbitMQ connection flag
 /// `/readyz` reports.
+///
+/// With `chimes`, the relays also wake when this process's doorbell rings.
 pub fn spawn_relays(
     tasks: &mut JoinSet<()>,
     pool: &PgPool,
     producer: FutureProducer,
     brokers: &BrokerConfig,
     cfg: &DispatcherConfig,
+    chimes: Option<Chimes>,
     shutdown: &Shutdown,
 ) -> Arc<AtomicBool> {
-    let d = Dispatcher::new(pool.clone(), brokers, cfg.clone());
+    let mut d = Dispatcher::new(pool.clone(), brokers, cfg.clone());
+    let mut relay = EventRelay::new(pool.clone(), producer, brokers, cfg.clone());
+    if let Some(chimes) = chimes {
+        d = d.with_chime(chimes.payments);
+        relay = relay.with_chime(chimes.events);
+    }
     let connected = d.connected.clone();
     tasks.spawn(d.run(shutdown.clone()));
-    let relay = EventRelay::new(pool.clone(), producer, brokers, cfg.clone());
     tasks.spawn(relay.run(shutdown.clone()));
     connected
 }
@@ -171,7 +179,7 @@ pub async fn dispatch(
     let pool = connect_db(&db).await?;
     let producer = shared::kafka::producer(&brokers.kafka_brokers)?;
     let mut tasks = JoinSet::new();
-    spawn_relays(&mut tasks, &pool, producer, &brokers, &cfg, &shutdown);
+    spawn_relays(&mut tasks, &pool, producer, &brokers, &cfg, None, &shutdown);
     tasks.spawn(crate::housekeeping::run(
         pool,
         cfg.retention(),
@@ -240,16 +248,24 @@ pub async fn start_with_pool(
         None
     };
 
-    if let Some(producer) = producer.clone().filter(|_| cfg.run_dispatcher) {
-        health.amqp = Some(spawn_relays(
-            &mut tasks,
-            &pool,
-            producer,
-            &cfg.brokers,
-            &cfg.dispatcher,
-            &shutdown,
-        ));
-    }
+    // What writes outbox rows here rings the relays after committing: in memory when they
+    // run here, with a NOTIFY when they run elsewhere.
+    let doorbell = match producer.clone().filter(|_| cfg.run_dispatcher) {
+        Some(producer) => {
+            let (doorbell, chimes) = Doorbell::local();
+            health.amqp = Some(spawn_relays(
+                &mut tasks,
+                &pool,
+                producer,
+                &cfg.brokers,
+                &cfg.dispatcher,
+                Some(chimes),
+                &shutdown,
+            ));
+            doorbell
+        }
+        None => Doorbell::remote(&mut tasks, &pool, &shutdown),
+    };
     // Whatever else this instance runs: the tables it writes must not grow without end.
     tasks.spawn(crate::housekeeping::run(
         pool.clone(),
@@ -266,6 +282,7 @@ pub async fn start_with_pool(
                 max_redrives: cfg.reconcile_max_redrives,
             },
             batch_size: 500,
+            doorbell: doorbell.clone(),
         };
         tasks.spawn(r.run(shutdown.clone()));
     }
@@ -277,6 +294,7 @@ pub async fn start_with_pool(
         let batch_size = cfg.results_batch_size;
         health.kafka = Some(producer.clone());
         let pool = pool.clone();
+        let doorbell = doorbell.clone();
         let mut sd = shutdown.clone();
         tasks.spawn(async move {
             // Topic creation needs the broker; keep trying in the background so the API
@@ -304,6 +322,7 @@ pub async fn start_with_pool(
                     producer: producer.clone(),
                     topics: topics.clone(),
                     batch_size,
+                    doorbell: doorbell.clone(),
                 };
                 if f.run(sd.clone()).await == finalizer::Stopped::Shutdown {
                     return;
@@ -317,6 +336,7 @@ pub async fn start_with_pool(
         verifier,
         health,
         alerts: Arc::new(cfg.alert_thresholds.clone()),
+        doorbell,
         limiter: (cfg.rate_limit_per_sec > 0).then(|| {
             Arc::new(crate::http::rate_limit::RateLimiter::new(
                 cfg.rate_limit_per_sec,

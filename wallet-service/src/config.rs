@@ -252,6 +252,27 @@ pub struct DispatcherConfig {
         value_parser = parse_duration_ms,
     )]
     pub outbox_poll_interval: Duration,
+    /// How long the dispatcher lets payment requests gather once one is announced, so that
+    /// one transaction and one round of publisher confirms carry several. Every payment
+    /// waits up to this much longer for its result.
+    #[arg(
+        long = "outbox-linger-ms",
+        env = "OUTBOX_LINGER_MS",
+        default_value = "0",
+        value_parser = parse_duration_ms,
+    )]
+    pub outbox_linger: Duration,
+    /// How long the event relay lets events for other systems (`payment.finalized`,
+    /// `wallet.deposited`, `payment.alert`) gather once one is announced, so that one
+    /// transaction and one round of Kafka acknowledgements carry many. Other systems see
+    /// events up to this much later; no payment waits for it.
+    #[arg(
+        long = "events-linger-ms",
+        env = "EVENTS_LINGER_MS",
+        default_value = "50",
+        value_parser = parse_duration_ms,
+    )]
+    pub events_linger: Duration,
     /// How long published outbox rows are kept before they are pruned.
     #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 86_400)]
     pub outbox_retention_secs: i64,

@@ -7,6 +7,7 @@
 //! applied (unparseable, unknown version, unknown payment) is copied to the dead-letter topic
 //! before its offset is committed, so it never blocks the partition.
 
+use crate::outbox::Channel;
 use crate::store::errors::refusal;
 use crate::store::payments::{self, Applied};
 use crate::store::refunds::{self, RefundOutcome};
@@ -33,6 +34,9 @@ pub struct Finalizer {
     pub producer: FutureProducer,
     pub topics: KafkaTopics,
     pub batch_size: usize,
+    /// Rung after a batch that finalized something (its `payment.finalized` and refund
+    /// events wait in the outbox).
+    pub doorbell: crate::outbox::Doorbell,
 }
 
 pub fn describe_metrics() {
@@ -413,6 +417,9 @@ impl Finalizer {
             self.dead_letter(msg, label, why).await?;
         }
         tx.commit().await?;
+        if !finalized.is_empty() || !refunds_done.is_empty() {
+            self.doorbell.ring(Channel::Events);
+        }
         metrics::counter!("results_consumed_total").increment(batch.len() as u64);
 
         for (r, status, pending_for) in &finalized {

@@ -11,7 +11,7 @@
 //! again: during a long gateway outage the messages sent stay bounded by pending payments ×
 //! budget, rather than growing with pending payments × minutes of outage.
 
-use crate::outbox;
+use crate::outbox::{self, Channel};
 use shared::events::{PaymentRequested, RefundRequested, RequestedPayment, RequestedRefund};
 use shared::ids::{EventId, PaymentId, RefundId, WalletId};
 use shared::money::{Amount, Currency};
@@ -24,6 +24,8 @@ pub struct Reconciler {
     pub pool: PgPool,
     pub policy: RedrivePolicy,
     pub batch_size: i64,
+    /// Rung after a pass that re-drove something.
+    pub doorbell: crate::outbox::Doorbell,
 }
 
 /// When a pending payment is sent again, and when the reconciler gives up on it.
@@ -209,6 +211,9 @@ impl Reconciler {
         let flagged: Vec<Uuid> = exhausted.iter().map(|o| o.id).collect();
         mark(&mut tx, "payments", &redriven, &flagged).await?;
         tx.commit().await?;
+        if !redriven.is_empty() {
+            self.doorbell.ring(Channel::Payments);
+        }
         for id in &flagged {
             tracing::error!(
                 payment_id = %id,
@@ -307,6 +312,9 @@ impl Reconciler {
         }
         mark(&mut tx, "refunds", &redriven, &flagged).await?;
         tx.commit().await?;
+        if !redriven.is_empty() {
+            self.doorbell.ring(Channel::Payments);
+        }
         for id in &flagged {
             tracing::error!(
                 refund_id = %id,

@@ -2,6 +2,7 @@
 
 use super::error::{json_response, ApiError};
 use crate::idempotency::{self, Begin, Saved};
+use crate::outbox::{Channel, Doorbell};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{Map, Value};
@@ -86,5 +87,23 @@ impl Guard {
         }
         self.tx.commit().await?;
         Ok(json_response(status, &body))
+    }
+
+    /// [`Guard::finish`], then, when the work succeeded (so its outbox rows are committed),
+    /// rings the relays of `channels`.
+    pub async fn finish_and_ring(
+        self,
+        outcome: Result<(StatusCode, Value), ApiError>,
+        doorbell: &Doorbell,
+        channels: &[Channel],
+    ) -> Result<Response, ApiError> {
+        let wrote = outcome.is_ok();
+        let response = self.finish(outcome).await?;
+        if wrote {
+            for channel in channels {
+                doorbell.ring(*channel);
+            }
+        }
+        Ok(response)
     }
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub alerts: Arc<crate::alerts::AlertThresholds>,
     /// Per-principal limit; `None` when disabled.
     pub limiter: Option<Arc<rate_limit::RateLimiter>>,
+    /// Rung after a commit that wrote outbox rows.
+    pub doorbell: crate::outbox::Doorbell,
 }
 
 /// What `/readyz` checks besides the database.

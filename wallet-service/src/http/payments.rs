@@ -4,6 +4,7 @@ use super::error::{json_response, ApiError, ApiResult};
 use super::extract::{parse_limit, parse_window, Auth, Fields, IdempotencyKey, JsonObject, PathId};
 use super::guard::{Guard, Started};
 use super::AppState;
+use crate::outbox::Channel;
 use crate::store::cursor::TimeCursor;
 use crate::store::payments::{self, AcceptOutcome, ListFilter, NewPayment};
 use axum::extract::{Query, State};
@@ -38,6 +39,7 @@ pub async fn create(
         }
         Started::Fresh(g) => g,
     };
+    let mut alerted = false;
     let outcome = async {
         let f = Fields(&body);
         let wallet_id: WalletId = f
@@ -78,6 +80,7 @@ pub async fn create(
                     "payment accepted; funds held",
                 );
                 if let Some(threshold) = alert_threshold.filter(|t| amount >= *t) {
+                    alerted = true;
                     tracing::warn!(
                         payment_id = %payment.id,
                         %wallet_id,
@@ -109,7 +112,12 @@ pub async fn create(
         }
     }
     .await;
-    guard.finish(outcome).await
+    let rings: &[Channel] = if alerted {
+        &[Channel::Payments, Channel::Alerts]
+    } else {
+        &[Channel::Payments]
+    };
+    guard.finish_and_ring(outcome, &state.doorbell, rings).await
 }
 
 /// Loads a payment the principal may read; anything else is "not found", so ids of other

@@ -8,6 +8,7 @@ use super::extract::{Auth, Fields, IdempotencyKey, JsonObject, PathId};
 use super::guard::{Guard, Started};
 use super::payments::visible_payment;
 use super::AppState;
+use crate::outbox::Channel;
 use crate::store::refunds::{self, AcceptOutcome, NewRefund};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
@@ -108,7 +109,9 @@ pub async fn create(
         }
     }
     .await;
-    guard.finish(outcome).await
+    guard
+        .finish_and_ring(outcome, &state.doorbell, &[Channel::Payments])
+        .await
 }
 
 pub async fn list(

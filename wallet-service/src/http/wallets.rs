@@ -6,6 +6,7 @@ use super::extract::{
 };
 use super::guard::{Guard, Started};
 use super::AppState;
+use crate::outbox::Channel;
 use crate::store::ledger::{EntryKind, PageFilter};
 use crate::store::{cursor, ledger, summary, wallets};
 use axum::extract::{Query, State};
@@ -172,7 +173,9 @@ pub async fn deposit(
         }
     }
     .await;
-    guard.finish(outcome).await
+    guard
+        .finish_and_ring(outcome, &state.doorbell, &[Channel::Events])
+        .await
 }
 
 pub async fn transactions(

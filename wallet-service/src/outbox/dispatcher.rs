@@ -7,7 +7,7 @@
 //! again (at-least-once) and the consumers deduplicate.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
-use crate::outbox::{Batch, Wakeup};
+use crate::outbox::{Batch, Chime, Wakeup};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use shared::amqp::AmqpNodes;
@@ -37,6 +37,8 @@ pub struct Dispatcher {
     pub config: DispatcherConfig,
     /// True while connected to RabbitMQ with the topology declared (for `/readyz`).
     pub connected: Arc<AtomicBool>,
+    /// This process's doorbell for payment requests, when its writers ring it.
+    pub chime: Option<Chime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +82,25 @@ impl Dispatcher {
             topology: AmqpTopology::with_prefix(&brokers.broker_prefix),
             config,
             connected: Default::default(),
+            chime: None,
         }
     }
 
+    /// Wakes on this process's doorbell (see [`crate::outbox::Doorbell`]).
+    pub fn with_chime(mut self, chime: Chime) -> Self {
+        self.chime = Some(chime);
+        self
+    }
+
     /// Runs until shutdown, reconnecting to RabbitMQ and PostgreSQL as needed.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let mut wakeup = Wakeup::new(
+            self.pool.clone(),
+            crate::outbox::Channel::Payments.notify_channel(),
+            self.config.outbox_poll_interval,
+        )
+        .with_linger(self.config.outbox_linger)
+        .with_chime(self.chime.take());
         let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut attempt = 0;
         while !shutdown.is_triggered() {
@@ -96,7 +112,9 @@ impl Dispatcher {
                         exchange = %self.topology.exchange,
                         "outbox dispatcher connected to RabbitMQ",
                     );
-                    let reason = self.publish_while_connected(&channel, &mut shutdown).await;
+                    let reason = self
+                        .publish_while_connected(&channel, &mut wakeup, &mut shutdown)
+                        .await;
                     self.connected.store(false, Ordering::Relaxed);
                     let _ = conn.close(200, "dispatcher stopping".into()).await;
                     match reason {
@@ -141,20 +159,16 @@ impl Dispatcher {
     async fn publish_while_connected(
         &self,
         channel: &Channel,
+        wakeup: &mut Wakeup,
         shutdown: &mut Shutdown,
     ) -> anyhow::Result<()> {
-        let mut wakeup = Wakeup::new(
-            self.pool.clone(),
-            crate::outbox::Channel::Payments.notify_channel(),
-            self.config.outbox_poll_interval,
-        );
         let db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut db_failures = 0;
         while !shutdown.is_triggered() {
+            wakeup.before_batch();
             match self.publish_batch(channel).await {
                 Ok(batch) => {
                     db_failures = 0;
-                    wakeup.published(&batch.published);
                     if batch.claimed as i64 >= self.config.outbox_batch_size {
                         continue; // More may be waiting: no need to sleep.
                     }
@@ -281,7 +295,6 @@ impl Dispatcher {
             .record(start.elapsed().as_secs_f64());
         Ok(Batch {
             claimed: rows.len(),
-            published,
         })
     }
 }

@@ -3,7 +3,10 @@
 //! [`relay`] (events for other systems, to Kafka).
 
 pub mod dispatcher;
+pub mod doorbell;
 pub mod relay;
+
+pub use doorbell::{Chime, Chimes, Doorbell};
 
 use serde::Serialize;
 use shared::events::{PaymentRequested, RefundRequested};
@@ -14,23 +17,26 @@ use sqlx::PgConnection;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// What a relay waits on between batches: a `NOTIFY` on its relay's channel (sent with every
-/// outbox row for that relay, carrying the row's id, see [`Channel::notify_channel`]), the
-/// poll interval (the fallback while the listener is down or a notification was missed), or
-/// shutdown.
+/// What a relay waits on between batches: the [`Doorbell`] (rung in this process after a
+/// commit that wrote rows for it), a `NOTIFY` on its channel (the doorbell of other
+/// processes, see [`Channel::notify_channel`]), the poll interval (the fallback while the
+/// listener is down or a ring was missed), or shutdown.
 ///
-/// Each relay listens only for its own rows, notifications that piled up while it was busy
-/// wake it once, and a notification for a row the relay has already published wakes it not
-/// at all: a row committed just before a batch's `SELECT` is claimed by that batch while its
-/// notification is still on the way, and waking for it finds nothing. A wake-up with
-/// nothing to claim costs a transaction; at 100 payments/s such wake-ups were half of all
-/// relay passes.
+/// Rings that piled up while the relay was busy wake it once, and rings from before a batch
+/// looked for rows wake it not at all ([`Wakeup::before_batch`]): that batch claimed their
+/// rows, and waking for them would find nothing. A wake-up with nothing to claim costs a
+/// transaction; at 100 payments/s such wake-ups were once half of all relay passes.
+///
+/// With a linger, a wake-up by a ring waits that long before returning, so that the rows
+/// announced meanwhile go in the same batch: one transaction and one round of broker
+/// acknowledgements for many rows instead of one each.
 pub struct Wakeup {
     pool: sqlx::PgPool,
     channel: &'static str,
     interval: Duration,
+    linger: Duration,
     listener: Option<PgListener>,
-    published: Recent,
+    chime: Option<Chime>,
 }
 
 impl Wakeup {
@@ -39,8 +45,31 @@ impl Wakeup {
             pool,
             channel,
             interval,
+            linger: Duration::ZERO,
             listener: None,
-            published: Recent::default(),
+            chime: None,
+        }
+    }
+
+    /// Lets announced rows gather for `linger` before each batch (see the type's doc).
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Wakes on this process's doorbell too.
+    pub fn with_chime(mut self, chime: Option<Chime>) -> Self {
+        self.chime = chime;
+        self
+    }
+
+    /// Call just before a batch looks for rows: forgets the rings it answers.
+    pub fn before_batch(&mut self) {
+        if let Some(chime) = self.chime.as_mut() {
+            chime.clear();
+        }
+        if let Some(listener) = self.listener.as_mut() {
+            while listener.next_buffered().is_some() {}
         }
     }
 
@@ -52,76 +81,48 @@ impl Wakeup {
             return !shutdown.is_triggered();
         };
         let deadline = tokio::time::Instant::now() + self.interval;
-        loop {
-            tokio::select! {
-                n = listener.recv() => {
-                    let Ok(n) = n else {
-                        self.listener = None;
-                        return true;
-                    };
-                    // The next batch claims every row these announced.
-                    let mut new = !self.published.contains(n.payload());
-                    while let Some(n) = listener.next_buffered() {
-                        new |= !self.published.contains(n.payload());
-                    }
-                    if new {
-                        return true;
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => return true,
-                _ = shutdown.wait() => return false,
+        let chime = &mut self.chime;
+        let rung = async {
+            match chime.as_mut() {
+                Some(chime) => chime.rung().await,
+                None => std::future::pending().await,
             }
+        };
+        tokio::select! {
+            n = listener.recv() => {
+                if n.is_err() {
+                    self.listener = None;
+                    return true;
+                }
+            }
+            _ = rung => {}
+            _ = tokio::time::sleep_until(deadline) => return true,
+            _ = shutdown.wait() => return false,
         }
-    }
-
-    /// Remembers the rows a batch published, so that their notifications wake nobody.
-    pub fn published(&mut self, ids: &[Uuid]) {
-        self.published.extend(ids);
+        linger(self.linger, shutdown).await
     }
 
     /// Drops the listener after a database error; the next [`Wakeup::wait`] reconnects.
     pub fn reset(&mut self) {
         self.listener = None;
-        self.published = Recent::default();
     }
 }
 
-/// The ids of the last [`Recent::KEPT`] rows published: a notification arrives within
-/// milliseconds of its row's commit, long before that many more rows were published.
-#[derive(Default)]
-struct Recent {
-    order: std::collections::VecDeque<Uuid>,
-    set: std::collections::HashSet<Uuid>,
-}
-
-impl Recent {
-    const KEPT: usize = 4096;
-
-    fn extend(&mut self, ids: &[Uuid]) {
-        for id in ids {
-            if self.set.insert(*id) {
-                self.order.push_back(*id);
-            }
-        }
-        while self.order.len() > Self::KEPT {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
+/// Waits out a linger; false on shutdown.
+async fn linger(linger: Duration, shutdown: &mut Shutdown) -> bool {
+    if linger.is_zero() {
+        return true;
     }
-
-    /// Whether a notification's payload names a row published already. Anything else (an
-    /// empty payload, from an older writer or by hand) counts as new.
-    fn contains(&self, payload: &str) -> bool {
-        Uuid::parse_str(payload).is_ok_and(|id| self.set.contains(&id))
+    tokio::select! {
+        _ = tokio::time::sleep(linger) => true,
+        _ = shutdown.wait() => false,
     }
 }
 
-/// What one relay batch did: how many rows it claimed and which of them it published.
+/// What one relay batch did: how many rows it claimed (a full batch means more may wait).
 #[derive(Default)]
 pub struct Batch {
     pub claimed: usize,
-    pub published: Vec<Uuid>,
 }
 
 async fn listen(pool: &sqlx::PgPool, channel: &str) -> Option<PgListener> {
@@ -150,8 +151,9 @@ impl Channel {
         }
     }
 
-    /// The `LISTEN`/`NOTIFY` channel that wakes the relay of this channel's rows: the
-    /// dispatcher for payment requests, the event relay for events and alerts.
+    /// The `LISTEN`/`NOTIFY` channel on which other processes ring the relay of this
+    /// channel's rows (see [`Doorbell`]): the dispatcher for payment requests, the event
+    /// relay for events and alerts.
     pub fn notify_channel(self) -> &'static str {
         match self {
             Self::Payments => "outbox_payments",
@@ -171,22 +173,19 @@ struct Row<'a, E> {
     traceparent: Option<&'a str>,
 }
 
-/// Writes the row and notifies its relay with the row's id; both take effect at commit.
+/// Writes the row. Its relay learns of it when the writer rings the [`Doorbell`] after
+/// committing, or when it polls.
 async fn write<E: Serialize>(conn: &mut PgConnection, row: Row<'_, E>) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_value(row.event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query!(
-        "WITH ins AS (
-            INSERT INTO outbox (id, aggregate_id, event_type, payload, traceparent, channel)
-            VALUES ($1, $2, $3, $4, $5, $6)
-         )
-         SELECT pg_notify($7, $1::text)",
+        "INSERT INTO outbox (id, aggregate_id, event_type, payload, traceparent, channel)
+         VALUES ($1, $2, $3, $4, $5, $6)",
         row.id,
         row.aggregate_id,
         row.kind,
         payload,
         row.traceparent,
         row.channel.as_str(),
-        row.channel.notify_channel(),
     )
     .execute(conn)
     .await?;
@@ -266,37 +265,4 @@ pub async fn backlog(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, f64)>, sql
     )
     .fetch_all(pool)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Recent;
-    use uuid::Uuid;
-
-    #[test]
-    fn a_published_row_is_recognised_and_anything_else_is_new() {
-        let mut recent = Recent::default();
-        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        recent.extend(&[a]);
-        assert!(recent.contains(&a.to_string()));
-        assert!(!recent.contains(&b.to_string()));
-        assert!(!recent.contains(""), "an empty payload must wake the relay");
-        assert!(!recent.contains("not-a-uuid"));
-    }
-
-    #[test]
-    fn only_the_last_ids_are_kept() {
-        let mut recent = Recent::default();
-        let ids: Vec<Uuid> = (0..Recent::KEPT + 10).map(|_| Uuid::new_v4()).collect();
-        recent.extend(&ids);
-        recent.extend(&ids[ids.len() - 5..]); // seen again: not counted twice
-        assert_eq!(recent.order.len(), Recent::KEPT);
-        assert_eq!(recent.set.len(), Recent::KEPT);
-        assert!(
-            !recent.contains(&ids[9].to_string()),
-            "the oldest were forgotten"
-        );
-        assert!(recent.contains(&ids[10].to_string()));
-        assert!(recent.contains(&ids[ids.len() - 1].to_string()));
-    }
 }

@@ -8,7 +8,7 @@
 //! `event_id`, which is what consumers dedupe on.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
-use crate::outbox::{Batch, Channel, Wakeup};
+use crate::outbox::{Batch, Channel, Chime, Wakeup};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
 use shared::shutdown::Shutdown;
@@ -30,6 +30,8 @@ pub struct EventRelay {
     /// The producer is idempotent, so librdkafka itself keeps each partition's order
     /// through retries; otherwise the relay sends a wallet's events one round at a time.
     pub ordered_by_producer: bool,
+    /// This process's doorbell for events, when its writers ring it.
+    pub chime: Option<Chime>,
 }
 
 pub fn describe_metrics() {
@@ -72,10 +74,17 @@ impl EventRelay {
             topics: KafkaTopics::with_prefix(&brokers.broker_prefix),
             config,
             ordered_by_producer: shared::kafka::idempotence_enabled(),
+            chime: None,
         }
     }
 
-    pub async fn run(self, mut shutdown: Shutdown) {
+    /// Wakes on this process's doorbell (see [`crate::outbox::Doorbell`]).
+    pub fn with_chime(mut self, chime: Chime) -> Self {
+        self.chime = Some(chime);
+        self
+    }
+
+    pub async fn run(mut self, mut shutdown: Shutdown) {
         if !self
             .topics
             .create_when_ready(&self.brokers, &mut shutdown)
@@ -94,12 +103,14 @@ impl EventRelay {
             self.pool.clone(),
             Channel::Events.notify_channel(),
             self.config.outbox_poll_interval,
-        );
+        )
+        .with_linger(self.config.events_linger)
+        .with_chime(self.chime.take());
         while !shutdown.is_triggered() {
+            wakeup.before_batch();
             match self.publish_batch().await {
                 Ok(batch) => {
                     failures = 0;
-                    wakeup.published(&batch.published);
                     if batch.claimed as i64 >= self.config.outbox_batch_size {
                         continue;
                     }
@@ -243,7 +254,6 @@ impl EventRelay {
         }
         Ok(Batch {
             claimed: rows.len(),
-            published,
         })
     }
 }

@@ -41,8 +41,9 @@ pub enum AcceptOutcome {
 /// Holds the amount and writes the payment, its `hold` entry and its outbox event (plus a
 /// `payment.alert` when the amount reaches the alert threshold).
 ///
-/// The wallet UPDATE is the first write and the only one that can refuse, so a refused
-/// payment leaves nothing behind in the caller's transaction. `available >= amount` is
+/// The wallet UPDATE is the only write that can refuse, and the payment and its entry are
+/// inserted from its result in the same statement, so a refused payment leaves nothing
+/// behind in the caller's transaction. `available >= amount` is
 /// re-checked by PostgreSQL on the locked row, so concurrent payments cannot overdraw, and
 /// the CHECK constraint would stop the update even if this condition were wrong.
 pub async fn accept(
@@ -52,20 +53,37 @@ pub async fn accept(
     traceparent: &str,
 ) -> Result<AcceptOutcome, sqlx::Error> {
     let amount = new.amount.minor_units();
-    let held = sqlx::query!(
-        "UPDATE wallets SET available = available - $2, held = held + $2, updated_at = now()
-         WHERE id = $1 AND owner_id = $3 AND currency = $4 AND available >= $2
-         RETURNING available, held",
+    // The hold, the payment and its `hold` entry in one statement: the inserts take their
+    // rows from the hold's RETURNING, so a refused hold inserts nothing.
+    let payment_id = new.id;
+    let accepted = sqlx::query_as!(
+        PaymentRow,
+        r#"WITH held AS (
+            UPDATE wallets SET available = available - $4, held = held + $4, updated_at = now()
+            WHERE id = $2 AND owner_id = $3 AND currency = $5 AND available >= $4
+            RETURNING available, held
+         ), entry AS (
+            INSERT INTO ledger_entries (id, wallet_id, kind, amount, payment_id, available_after, held_after)
+            SELECT $8::uuid, $2, $9::text, $4, $1, available, held FROM held
+         )
+         INSERT INTO payments (id, wallet_id, owner_id, amount, currency, merchant_id, description)
+         SELECT $1::uuid, $2, $3, $4, $5, $6::text, $7::text FROM held
+         RETURNING id, wallet_id, amount, currency, merchant_id, description, status,
+                   failure_reason, created_at, updated_at, finalized_at, owner_id"#,
+        payment_id.0,
         new.wallet_id.0,
-        amount,
         new.owner_id,
+        amount,
         new.currency.as_str(),
+        new.merchant_id,
+        new.description,
+        Uuid::now_v7(),
+        EntryKind::Hold.as_str(),
     )
     .fetch_optional(&mut *conn)
-    .await?
-    .map(|r| (r.available, r.held));
+    .await?;
 
-    let Some((available_after, held_after)) = held else {
+    let Some(payment) = accepted else {
         return Ok(
             match crate::store::wallets::get(conn, new.wallet_id).await? {
                 None => AcceptOutcome::WalletNotFound,
@@ -85,34 +103,7 @@ pub async fn accept(
             },
         );
     };
-
-    // The payment and its `hold` entry in one statement (one round trip fewer).
-    let payment_id = new.id;
-    let payment: Payment = sqlx::query_as!(
-        PaymentRow,
-        "WITH entry AS (
-            INSERT INTO ledger_entries (id, wallet_id, kind, amount, payment_id, available_after, held_after)
-            VALUES ($8, $2, $9, $4, $1, $10, $11)
-         )
-         INSERT INTO payments (id, wallet_id, owner_id, amount, currency, merchant_id, description)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         RETURNING id, wallet_id, amount, currency, merchant_id, description, status,
-                   failure_reason, created_at, updated_at, finalized_at, owner_id",
-        payment_id.0,
-        new.wallet_id.0,
-        new.owner_id,
-        amount,
-        new.currency.as_str(),
-        new.merchant_id,
-        new.description,
-        Uuid::now_v7(),
-        EntryKind::Hold.as_str(),
-        available_after,
-        held_after,
-    )
-    .fetch_one(&mut *conn)
-    .await?
-    .try_into()?;
+    let payment: Payment = payment.try_into()?;
 
     let event = PaymentRequested::new(
         EventId::new(),

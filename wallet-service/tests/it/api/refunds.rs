@@ -305,6 +305,7 @@ async fn a_refund_left_pending_is_redriven_then_flagged_for_an_operator(pool: Pg
             max_redrives: 1,
         },
         batch_size: 10,
+        doorbell: Default::default(),
     };
     // Not yet due: nothing is sent.
     assert_eq!(reconciler.redrive_refunds().await.unwrap(), 0);

@@ -101,6 +101,8 @@ pub fn dispatcher_config() -> DispatcherConfig {
     DispatcherConfig {
         outbox_batch_size: 50,
         outbox_poll_interval: Duration::from_millis(500),
+        outbox_linger: Duration::ZERO,
+        events_linger: Duration::from_millis(50),
         outbox_retention_secs: 3600,
         inbox_retention_secs: 3600,
         prune_interval: Duration::from_secs(10),

@@ -210,6 +210,68 @@ async fn every_fact_yields_one_event_through_relay_crashes_and_duplicate_results
     api.stop().await;
 }
 
+/// Events announced while the relay lingers go out in one batch: one transaction (so one
+/// `published_at`) for all of them, instead of one batch per deposit.
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn events_announced_within_the_linger_share_one_batch(pool: PgPool) {
+    let api = spawn(pool.clone(), Opts::default()).await;
+    let wallet = api.create_wallet("alice", "EUR").await;
+    let config = wallet_service::config::DispatcherConfig {
+        events_linger: std::time::Duration::from_secs(2),
+        ..dispatcher_config()
+    };
+    let producer = shared::kafka::producer(&kafka_brokers()).unwrap();
+    let relay = wallet_service::outbox::relay::EventRelay::new(
+        pool.clone(),
+        producer,
+        &broker_config(&api.prefix),
+        config,
+    );
+    let (trigger, shutdown) = shared::shutdown::channel();
+    let task = tokio::spawn(relay.run(shutdown));
+    // Deposits made before the relay listens would be found by its first pass instead.
+    eventually("the relay listening", DEADLINE, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%outbox_events%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+
+    for _ in 0..8 {
+        api.deposit(&wallet, 1_000, "EUR").await;
+    }
+    let batches: i64 = eventually("every deposit relayed", DEADLINE, || async {
+        let (left, batches): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE published_at IS NULL),
+                    count(DISTINCT published_at)
+             FROM outbox WHERE channel = 'events'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (left == 0).then_some(batches)
+    })
+    .await;
+    // Eight deposits take far less than the two-second linger; a slow machine may split
+    // them once.
+    assert!(batches <= 2, "8 events in {batches} batches");
+    let deposited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE channel = 'events' AND event_type = 'wallet.deposited'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(deposited, 8);
+    trigger.fire();
+    task.await.unwrap();
+    api.stop().await;
+}
+
 /// Fifteen payments across the wallets: a third large, a fifth declined.
 async fn traffic(
     api: &TestApp,

@@ -420,3 +420,80 @@ async fn the_reconciler_redrives_a_lost_request_and_it_is_charged_once(pool: PgP
     app.stop().await;
     delete_topology(&channel, &topology).await;
 }
+
+/// Rows are announced after their commit: in memory to relays in the same process, with a
+/// `NOTIFY` to relays in another. With polling set to two minutes, a payment request and a
+/// deposit's event are still relayed at once either way.
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn relays_are_rung_after_commit_in_this_process_and_in_another(pool: PgPool) {
+    let slow_poll = |opts: Opts| {
+        let mut cfg = serve_config(&opts);
+        cfg.dispatcher.outbox_poll_interval = std::time::Duration::from_secs(120);
+        cfg
+    };
+    let together = spawn_with(
+        pool.clone(),
+        slow_poll(Opts {
+            dispatcher: true,
+            ..Default::default()
+        }),
+    )
+    .await;
+    rung_relays_publish(&pool, &together, &together, "alice").await;
+    together.stop().await;
+
+    let api = spawn_with(pool.clone(), slow_poll(Opts::default())).await;
+    let relays = spawn_with(
+        pool.clone(),
+        slow_poll(Opts {
+            dispatcher: true,
+            prefix: api.prefix.clone(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    rung_relays_publish(&pool, &api, &relays, "bob").await;
+    relays.stop().await;
+    api.stop().await;
+    let relayed: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_type, count(*) FROM outbox WHERE published_at IS NOT NULL
+         GROUP BY event_type ORDER BY event_type",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        relayed,
+        vec![
+            ("payment.requested".to_owned(), 4),
+            ("wallet.deposited".to_owned(), 4)
+        ]
+    );
+}
+
+/// Twice a deposit and a payment through `api`, each pair relayed before the next: the
+/// first pair may be found by the relays' first pass, the second only by their doorbell.
+async fn rung_relays_publish(pool: &PgPool, api: &TestApp, relays: &TestApp, owner: &str) {
+    let wallet = api.create_wallet(owner, "EUR").await;
+    for round in 0..2 {
+        api.deposit(&wallet, 1_000, "EUR").await;
+        assert_eq!(
+            api.pay(owner, &wallet, 100, "m").await.status(),
+            StatusCode::ACCEPTED
+        );
+        // Well inside the two-minute poll.
+        eventually(
+            &format!("round {round} relayed by {}", relays.url),
+            DEADLINE / 2,
+            || async {
+                let left: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                        .fetch_one(pool)
+                        .await
+                        .unwrap();
+                (left == 0).then_some(())
+            },
+        )
+        .await;
+    }
+}
