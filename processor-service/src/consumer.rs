@@ -357,17 +357,43 @@ impl Processor {
     }
 }
 
-/// Hands a request whose outcome is unknown back to RabbitMQ. Backing off first keeps a
-/// redelivery loop from hammering a struggling gateway.
+/// How long a request whose outcome is unknown waits before it goes back to the queue, by
+/// how often it was delivered before. The quorum queue dead-letters a request on its 10th
+/// delivery (`x-delivery-limit`); a fixed second between them spent those in about 25 s
+/// while the gateway kept a key "in progress", and put a legitimate request in the
+/// dead-letter queue (seen in the chaos suite). Doubling from 1 s up to 15 s spreads ten
+/// deliveries over at least 50 s; the reconciler sends the payment again meanwhile anyway.
+const REQUEUE_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(15));
+
+/// Hands a request whose outcome is unknown back to RabbitMQ, after backing off so that a
+/// redelivery loop neither hammers a struggling gateway nor reaches the delivery limit.
 async fn requeue(delivery: Delivery) {
     metrics::counter!("requests_requeued_total").increment(1);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deliveries = delivery_count(delivery.properties.headers().as_ref());
+    tokio::time::sleep(REQUEUE_BACKOFF.delay(deliveries)).await;
     let _ = delivery
         .nack(BasicNackOptions {
             requeue: true,
             multiple: false,
         })
         .await;
+}
+
+/// Earlier deliveries of a message, from the `x-delivery-count` header quorum queues add on
+/// redelivery (absent on the first delivery).
+fn delivery_count(headers: Option<&FieldTable>) -> u32 {
+    use lapin::types::AMQPValue;
+    let n: i64 = match headers.and_then(|h| h.inner().get("x-delivery-count")) {
+        Some(AMQPValue::ShortShortInt(n)) => (*n).into(),
+        Some(AMQPValue::ShortShortUInt(n)) => (*n).into(),
+        Some(AMQPValue::ShortInt(n)) => (*n).into(),
+        Some(AMQPValue::ShortUInt(n)) => (*n).into(),
+        Some(AMQPValue::LongInt(n)) => (*n).into(),
+        Some(AMQPValue::LongUInt(n)) => (*n).into(),
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        _ => 0,
+    };
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
 /// The result to publish for a refund decision, or why there is none yet.
@@ -420,5 +446,33 @@ pub fn result_for(request: &PaymentRequested, decision: Decision) -> Result<Paym
             None,
         )),
         Decision::Unknown(why) => Err(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::AMQPValue;
+
+    #[test]
+    fn the_delivery_count_is_read_from_any_integer_header() {
+        assert_eq!(delivery_count(None), 0);
+        let mut h = FieldTable::default();
+        assert_eq!(delivery_count(Some(&h)), 0);
+        h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(3));
+        assert_eq!(delivery_count(Some(&h)), 3);
+        h.insert("x-delivery-count".into(), AMQPValue::LongInt(7));
+        assert_eq!(delivery_count(Some(&h)), 7);
+        h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(-1));
+        assert_eq!(delivery_count(Some(&h)), 0);
+    }
+
+    #[test]
+    fn ten_deliveries_with_unknown_outcomes_span_more_than_fifty_seconds() {
+        // Backoff::delay waits at least half of each ceiling.
+        let least: Duration = (0..10).map(|n| REQUEUE_BACKOFF.ceiling(n) / 2).sum();
+        assert!(least >= Duration::from_secs(50), "{least:?}");
+        assert_eq!(REQUEUE_BACKOFF.ceiling(0), Duration::from_secs(1));
+        assert_eq!(REQUEUE_BACKOFF.ceiling(9), Duration::from_secs(15));
     }
 }
