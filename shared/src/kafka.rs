@@ -36,7 +36,7 @@ pub fn producer(brokers: &str) -> KafkaResult<FutureProducer> {
 /// CPU per payment (3.0 ms either way) nor anything else, and added its wait to every
 /// result's way to the wallet. A knob for brokers and rates where batches do fill.
 pub fn linger_ms() -> u32 {
-    env_u32("KAFKA_LINGER_MS").ok().flatten().unwrap_or(1)
+    or_default(env_u32("KAFKA_LINGER_MS"), 1)
 }
 
 /// A Kafka setting in the environment that the services cannot use.
@@ -56,6 +56,12 @@ pub fn check_env() -> Result<(), EnvError> {
     env_u32("KAFKA_FETCH_WAIT_MS")?;
     env_bool("KAFKA_IDEMPOTENCE")?;
     Ok(())
+}
+
+/// A setting's value, or `default` when unset. An unusable value also gives the default
+/// here: [`check_env`] has refused it when the service started.
+fn or_default<T>(value: Result<Option<T>, EnvError>, default: T) -> T {
+    value.ok().flatten().unwrap_or(default)
 }
 
 /// A whole number from the environment; None when unset.
@@ -93,7 +99,7 @@ fn parse_bool(name: &'static str, value: Option<String>) -> Result<Option<bool>,
 /// Whether producers are idempotent (`KAFKA_IDEMPOTENCE`, default true). Only an idempotent
 /// producer keeps a partition's order when a send fails and is retried.
 pub fn idempotence_enabled() -> bool {
-    env_bool("KAFKA_IDEMPOTENCE").ok().flatten().unwrap_or(true)
+    or_default(env_bool("KAFKA_IDEMPOTENCE"), true)
 }
 
 /// Exports the consumer lag librdkafka reports in its statistics, per topic and partition.
@@ -149,10 +155,7 @@ pub fn consumer(brokers: &str, group: &str) -> KafkaResult<Consumer> {
 /// result and what the broker spends polling (about 38 % of a core at 10 ms, idle), so
 /// `scripts/up` sets it for Tansu (see docs/BROKER.md).
 pub fn fetch_wait_ms() -> u32 {
-    env_u32("KAFKA_FETCH_WAIT_MS")
-        .ok()
-        .flatten()
-        .map_or(100, |ms| ms.max(1))
+    or_default(env_u32("KAFKA_FETCH_WAIT_MS"), 100).max(1)
 }
 
 /// A string header of a Kafka message.

@@ -67,8 +67,9 @@ impl Doorbell {
         )
     }
 
-    /// A doorbell for relays in other processes (`wallet-service dispatch`, or instances
-    /// with `RUN_DISPATCHER`): rings become `NOTIFY`s sent by two tasks on `pool`.
+    /// A doorbell for relays in other processes (`wallet-service dispatch`, or other
+    /// instances of `serve`, when this one has `RUN_DISPATCHER=false`): rings become
+    /// `NOTIFY`s sent by two tasks on `pool`.
     pub fn remote(tasks: &mut JoinSet<()>, pool: &PgPool, shutdown: &Shutdown) -> Self {
         let mut bell = |channel: Channel| {
             let rung = Arc::new(Notify::new());
