@@ -7,7 +7,7 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
@@ -153,6 +153,23 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Field
 /// Kafka's own default retention, 7 days.
 pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
 
+/// A topic whose `retention.ms` on the broker is not the configured one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionDrift {
+    pub topic: String,
+    /// `None`: the topic has no `retention.ms` of its own (the broker's default applies).
+    pub on_broker: Option<String>,
+}
+
+impl std::fmt::Display for RetentionDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.on_broker {
+            Some(ms) => write!(f, "{} (retention.ms={ms})", self.topic),
+            None => write!(f, "{} (the broker's default retention)", self.topic),
+        }
+    }
+}
+
 /// Kafka topics of the result hop.
 #[derive(Debug, Clone)]
 pub struct KafkaTopics {
@@ -191,17 +208,24 @@ impl KafkaTopics {
         }
     }
 
-    /// Creates the topics if they do not exist yet (brokers need not auto-create topics).
+    /// Every topic with its partition count.
+    fn all(&self) -> [(&str, i32); 4] {
+        [
+            (self.results.as_str(), self.partitions),
+            (self.results_dlq.as_str(), 1),
+            (self.events.as_str(), self.partitions),
+            (self.alerts.as_str(), self.partitions),
+        ]
+    }
+
+    /// Creates the topics if they do not exist yet (brokers need not auto-create topics),
+    /// and warns about those that exist with another `retention.ms`: a topic's
+    /// configuration is set when it is created, and a later start with another
+    /// `KAFKA_RETENTION_MS` does not change it.
     pub async fn create(&self, brokers: &str) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = kafka_config(brokers).create()?;
         let retention = self.retention_ms.to_string();
-        let topics = [
-            (&self.results, self.partitions),
-            (&self.results_dlq, 1),
-            (&self.events, self.partitions),
-            (&self.alerts, self.partitions),
-        ]
-        .map(|(name, partitions)| {
+        let topics = self.all().map(|(name, partitions)| {
             NewTopic::new(name, partitions, TopicReplication::Fixed(1))
                 .set("cleanup.policy", "delete")
                 .set("retention.ms", &retention)
@@ -213,7 +237,48 @@ impl KafkaTopics {
                 Err((name, code)) => anyhow::bail!("could not create Kafka topic {name}: {code}"),
             }
         }
+        match self.retention_drift(&admin).await {
+            Ok(drift) if drift.is_empty() => {}
+            Ok(drift) => tracing::warn!(
+                topics = %drift.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                configured_retention_ms = self.retention_ms,
+                "Kafka topics keep the retention.ms they were created with, not KAFKA_RETENTION_MS; \
+                 change it on the broker (docs/BROKER.md, \"Changing the retention\")"
+            ),
+            // Advisory only: the topics exist, and the pipeline runs either way.
+            Err(e) => tracing::warn!(error = %e, "could not check the topics' retention.ms"),
+        }
         Ok(())
+    }
+
+    /// The topics whose `retention.ms` on the broker is not [`Self::retention_ms`].
+    pub async fn retention_drift(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+    ) -> anyhow::Result<Vec<RetentionDrift>> {
+        let names = self.all().map(|(name, _)| name);
+        let specifiers = names.map(ResourceSpecifier::Topic);
+        let opts = AdminOptions::new().request_timeout(Some(std::time::Duration::from_secs(10)));
+        let wanted = self.retention_ms.to_string();
+        let mut drift = Vec::new();
+        for (name, result) in names
+            .iter()
+            .zip(admin.describe_configs(&specifiers, &opts).await?)
+        {
+            let config = result.map_err(|code| {
+                anyhow::anyhow!("could not read the configuration of Kafka topic {name}: {code}")
+            })?;
+            let on_broker = config
+                .get("retention.ms")
+                .and_then(|entry| entry.value.clone());
+            if on_broker.as_deref() != Some(wanted.as_str()) {
+                drift.push(RetentionDrift {
+                    topic: name.to_string(),
+                    on_broker,
+                });
+            }
+        }
+        Ok(drift)
     }
 
     /// Creates the topics, retrying every second while the broker is away, so a service can

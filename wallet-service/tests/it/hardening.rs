@@ -494,3 +494,40 @@ async fn an_amqp_url_with_a_dead_node_first_connects_to_the_live_one() {
     let _ = conn.close(0, "done".into()).await;
     let _ = again.close(0, "done".into()).await;
 }
+
+/// A topic keeps the `retention.ms` it was created with: a later start with another
+/// `KAFKA_RETENTION_MS` must say which topics differ, not silently run on the old value.
+#[tokio::test]
+async fn topics_created_with_another_retention_are_reported() {
+    let brokers = kafka_brokers();
+    let prefix = unique_prefix();
+    let hour = KafkaTopics {
+        retention_ms: 3_600_000,
+        ..KafkaTopics::with_prefix(&prefix)
+    };
+    hour.create(&brokers).await.unwrap();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        shared::topology::kafka_config(&brokers).create().unwrap();
+    assert_eq!(hour.retention_drift(&admin).await.unwrap(), vec![]);
+
+    // The same topics, started again with twenty minutes: creating them changes nothing,
+    // and all four are reported with the hour they keep.
+    let twenty_minutes = KafkaTopics {
+        retention_ms: 1_200_000,
+        ..hour.clone()
+    };
+    twenty_minutes.create(&brokers).await.unwrap();
+    let drift = twenty_minutes.retention_drift(&admin).await.unwrap();
+    let topics: BTreeSet<_> = drift.iter().map(|d| d.topic.as_str()).collect();
+    let expected: BTreeSet<_> = [&hour.results, &hour.results_dlq, &hour.events, &hour.alerts]
+        .into_iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(topics, expected);
+    assert!(
+        drift
+            .iter()
+            .all(|d| d.on_broker.as_deref() == Some("3600000")),
+        "{drift:?}"
+    );
+}
