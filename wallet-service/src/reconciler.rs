@@ -101,9 +101,9 @@ impl Reconciler {
                 _ = tick.tick() => {}
                 _ = shutdown.wait() => break,
             }
+            // The gauges are for operators; failing to refresh them must not stop re-drives.
             if let Err(e) = self.export_pending().await {
-                tracing::warn!(error = %e, "reconciler cannot read pending payments");
-                continue;
+                tracing::warn!(error = %e, "reconciler cannot count pending payments");
             }
             match self.redrive_batch().await {
                 Ok(0) => {}

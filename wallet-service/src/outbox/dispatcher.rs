@@ -7,7 +7,7 @@
 //! again (at-least-once) and the consumers deduplicate.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
-use crate::outbox::{Batch, Chime, Wakeup};
+use crate::outbox::{Batch, Chime, Next, Wakeup};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use shared::amqp::AmqpNodes;
@@ -164,13 +164,35 @@ impl Dispatcher {
     ) -> anyhow::Result<()> {
         let db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut db_failures = 0;
+        let refusal_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut refusals = 0;
         while !shutdown.is_triggered() {
             wakeup.before_batch();
             match self.publish_batch(channel).await {
                 Ok(batch) => {
                     db_failures = 0;
-                    if batch.claimed as i64 >= self.config.outbox_batch_size {
-                        continue; // More may be waiting: no need to sleep.
+                    match batch.next(self.config.outbox_batch_size) {
+                        Next::Again => {
+                            refusals = 0;
+                            continue;
+                        }
+                        Next::Wait => refusals = 0,
+                        Next::BackOff => {
+                            let delay = refusal_backoff.delay(refusals);
+                            refusals = refusals.saturating_add(1);
+                            tracing::warn!(
+                                refused = batch.refused,
+                                of = batch.claimed,
+                                retry_in_ms = delay.as_millis() as u64,
+                                "RabbitMQ refused or returned payment requests (queue full or \
+                                 not bound?); they stay in the outbox and are offered again",
+                            );
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = shutdown.wait() => return Ok(()),
+                            }
+                            continue;
+                        }
                     }
                 }
                 Err(BatchError::Broker(e)) => return Err(e.into()),
@@ -263,11 +285,7 @@ impl Dispatcher {
                     published.push(id);
                 }
                 Ok(_) => {
-                    tracing::warn!(
-                        %payment_id,
-                        event_id = %id,
-                        "RabbitMQ refused or returned an outbox event; will retry",
-                    );
+                    tracing::debug!(%payment_id, event_id = %id, "request refused or returned");
                     failed.push(id);
                 }
                 Err(e) => return Err(e.into()),
@@ -295,6 +313,7 @@ impl Dispatcher {
             .record(start.elapsed().as_secs_f64());
         Ok(Batch {
             claimed: rows.len(),
+            refused: failed.len(),
         })
     }
 }

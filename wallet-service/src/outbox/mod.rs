@@ -119,10 +119,37 @@ async fn linger(linger: Duration, shutdown: &mut Shutdown) -> bool {
     }
 }
 
-/// What one relay batch did: how many rows it claimed (a full batch means more may wait).
-#[derive(Default)]
+/// What one relay batch did: how many rows it claimed (a full batch means more may wait),
+/// and how many of them the broker refused (they stay unpublished).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Batch {
     pub claimed: usize,
+    pub refused: usize,
+}
+
+/// What a relay does after a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The batch was full and all went out: more may be waiting, claim again now.
+    Again,
+    /// Everything waiting went out: wait for a ring or the poll.
+    Wait,
+    /// The broker refused rows (a full queue, no binding): they are still first in line,
+    /// so claiming again now would offer them again at once, for as long as the broker
+    /// refuses. Pause first, longer after each refusing batch.
+    BackOff,
+}
+
+impl Batch {
+    pub fn next(&self, batch_size: i64) -> Next {
+        if self.refused > 0 {
+            Next::BackOff
+        } else if self.claimed as i64 >= batch_size {
+            Next::Again
+        } else {
+            Next::Wait
+        }
+    }
 }
 
 async fn listen(pool: &sqlx::PgPool, channel: &str) -> Option<PgListener> {
@@ -265,4 +292,21 @@ pub async fn backlog(pool: &sqlx::PgPool) -> Result<Vec<(String, i64, f64)>, sql
     )
     .fetch_all(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_with_refusals_backs_off_even_when_full() {
+        let batch = |claimed, refused| Batch { claimed, refused };
+        assert_eq!(batch(100, 0).next(100), Next::Again);
+        assert_eq!(batch(99, 0).next(100), Next::Wait);
+        assert_eq!(batch(0, 0).next(100), Next::Wait);
+        // A full batch the broker refused would otherwise be claimed and offered again at once.
+        assert_eq!(batch(100, 100).next(100), Next::BackOff);
+        assert_eq!(batch(100, 1).next(100), Next::BackOff);
+        assert_eq!(batch(3, 1).next(100), Next::BackOff);
+    }
 }

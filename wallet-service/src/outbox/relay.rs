@@ -8,7 +8,7 @@
 //! `event_id`, which is what consumers dedupe on.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
-use crate::outbox::{Batch, Channel, Chime, Wakeup};
+use crate::outbox::{Batch, Channel, Chime, Next, Wakeup};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
 use shared::shutdown::Shutdown;
@@ -111,7 +111,8 @@ impl EventRelay {
             match self.publish_batch().await {
                 Ok(batch) => {
                     failures = 0;
-                    if batch.claimed as i64 >= self.config.outbox_batch_size {
+                    // A refused event fails the batch (the arm below), so never BackOff here.
+                    if batch.next(self.config.outbox_batch_size) == Next::Again {
                         continue;
                     }
                 }
@@ -254,6 +255,7 @@ impl EventRelay {
         }
         Ok(Batch {
             claimed: rows.len(),
+            refused: 0,
         })
     }
 }

@@ -17,6 +17,8 @@ use shared::ids::{EventId, PaymentId};
 use shared::status::{FailureReason, Outcome};
 use shared::topology::{AmqpTopology, KafkaTopics};
 use sqlx::PgPool;
+use std::time::Duration;
+use wallet_service::config::DispatcherConfig;
 
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn payments_flow_from_api_to_finalized_balances(pool: PgPool) {
@@ -282,6 +284,101 @@ async fn two_dispatchers_publish_every_row_exactly_once(pool: PgPool) {
             "published twice"
         );
     }
+    delete_topology(&channel, &topology).await;
+    app.stop().await;
+}
+
+/// A request RabbitMQ returns (here: its queue unbound, so nothing routes it) stays in the
+/// outbox, and the dispatcher offers it again only after a pause that grows, not at once
+/// and over and over; once the queue is bound again it goes out.
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn requests_the_broker_returns_are_offered_again_after_a_growing_pause(pool: PgPool) {
+    let app = spawn(pool.clone(), Opts::default()).await;
+    let wallet = app.create_wallet("alice", "EUR").await;
+    app.deposit(&wallet, 1_000, "EUR").await;
+    let topology = AmqpTopology::with_prefix(&app.prefix);
+    let (trigger, shutdown) = shared::shutdown::channel();
+    // One row is a full batch: the case in which the dispatcher claims again without waiting.
+    let config = DispatcherConfig {
+        outbox_batch_size: 1,
+        ..dispatcher_config()
+    };
+    let d = wallet_service::outbox::dispatcher::Dispatcher::new(
+        pool.clone(),
+        &broker_config(&app.prefix),
+        config,
+    );
+    let connected = d.connected.clone();
+    let task = tokio::spawn(d.run(shutdown));
+    eventually("dispatcher connected", DEADLINE, || async {
+        connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
+    let (_conn, channel) = amqp_channel().await;
+    let unbind = || {
+        channel.queue_unbind(
+            topology.queue.as_str().into(),
+            topology.exchange.as_str().into(),
+            topology.routing_key.as_str().into(),
+            Default::default(),
+        )
+    };
+    unbind().await.unwrap();
+
+    assert_eq!(
+        app.pay("alice", &wallet, 10, "m").await.status(),
+        StatusCode::ACCEPTED
+    );
+    let attempts = || async {
+        sqlx::query_as::<_, (i32, bool)>(
+            "SELECT attempts, published_at IS NOT NULL FROM outbox WHERE channel = 'payments'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    eventually("returned once", DEADLINE, || async {
+        (attempts().await.0 >= 1).then_some(())
+    })
+    .await;
+    let first_return = std::time::Instant::now();
+    eventually("returned four times", DEADLINE, || async {
+        (attempts().await.0 >= 4).then_some(())
+    })
+    .await;
+    // The pauses after the first three returns are at least 100, 200 and 400 ms (each a
+    // random wait in [ceiling/2, ceiling], from 200 ms doubling). Offered again at once,
+    // the row is returned four times within a few milliseconds.
+    let took = first_return.elapsed();
+    assert!(
+        took >= Duration::from_millis(700),
+        "returned 4 times in {took:?}"
+    );
+    let (_, published) = attempts().await;
+    assert!(
+        !published,
+        "a returned request must not be marked published"
+    );
+
+    channel
+        .queue_bind(
+            topology.queue.as_str().into(),
+            topology.exchange.as_str().into(),
+            topology.routing_key.as_str().into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    eventually("published once bound again", DEADLINE, || async {
+        attempts().await.1.then_some(())
+    })
+    .await;
+    assert_eq!(queue_len(&channel, &topology.queue).await.unwrap(), 1);
+    trigger.fire();
+    task.await.unwrap();
     delete_topology(&channel, &topology).await;
     app.stop().await;
 }
