@@ -241,13 +241,16 @@ impl GatewayClient {
                 Ok(d) => return Ok(d),
                 Err(e) => last_error = e,
             }
-            tracing::warn!(
-                idempotency_key = key,
-                attempt = attempt + 1,
-                error = %last_error,
-                "gateway call failed; retrying with the same idempotency key",
-            );
+            if attempt + 1 < self.attempts {
+                tracing::warn!(
+                    idempotency_key = key,
+                    attempt = attempt + 1,
+                    error = %last_error,
+                    "gateway call failed; retrying with the same idempotency key",
+                );
+            }
         }
+        // The caller says what an unknown outcome means for the request (it is requeued).
         Err(last_error)
     }
 
