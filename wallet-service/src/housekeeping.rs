@@ -126,6 +126,8 @@ async fn export_gauges(pool: &PgPool) {
         "processed_events",
         "payments",
         "ledger_entries",
+        "refunds",
+        "payment_outcome_conflicts",
     ])
     .fetch_all(pool)
     .await;
