@@ -114,9 +114,8 @@ impl Processor {
             }
             let delay = backoff.delay(attempt);
             attempt = attempt.saturating_add(1).min(10);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait() => break,
+            if !shutdown.sleep(delay).await {
+                break;
             }
         }
         tracing::info!("payment request consumer stopped");

@@ -30,6 +30,15 @@ impl Shutdown {
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|v| *v).await;
     }
+
+    /// Sleeps for `duration`, the pause of every retry loop: false when shutdown came
+    /// first (or had been requested already), so the loop stops instead of waiting on.
+    pub async fn sleep(&mut self, duration: std::time::Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => true,
+            _ = self.wait() => false,
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

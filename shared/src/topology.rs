@@ -293,9 +293,8 @@ impl KafkaTopics {
                 Ok(()) => return true,
                 Err(e) => tracing::warn!(error = %e, "cannot create Kafka topics yet; retrying"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                _ = shutdown.wait() => return false,
+            if !shutdown.sleep(std::time::Duration::from_secs(1)).await {
+                return false;
             }
         }
     }

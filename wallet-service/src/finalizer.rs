@@ -207,10 +207,10 @@ impl Finalizer {
                         error = %e,
                         "reading payment results from Kafka failed; retrying",
                     );
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                        _ = shutdown.wait() => break,
+                    if !shutdown.sleep(Duration::from_millis(500)).await {
+                        break;
                     }
+                    continue;
                 }
             };
             let mut batch = vec![first];
@@ -246,12 +246,9 @@ impl Finalizer {
                         );
                         let delay = db_backoff.delay(attempt);
                         attempt += 1;
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = shutdown.wait() => {
-                                tracing::info!("result consumer stopped");
-                                return Stopped::Shutdown;
-                            }
+                        if !shutdown.sleep(delay).await {
+                            tracing::info!("result consumer stopped");
+                            return Stopped::Shutdown;
                         }
                     }
                 }

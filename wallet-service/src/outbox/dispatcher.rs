@@ -137,9 +137,8 @@ impl Dispatcher {
             }
             let delay = backoff.delay(attempt);
             attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait() => break,
+            if !shutdown.sleep(delay).await {
+                break;
             }
         }
         tracing::info!("outbox dispatcher stopped");
@@ -187,9 +186,8 @@ impl Dispatcher {
                                 "RabbitMQ refused or returned payment requests (queue full or \
                                  not bound?); they stay in the outbox and are offered again",
                             );
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                _ = shutdown.wait() => return Ok(()),
+                            if !shutdown.sleep(delay).await {
+                                return Ok(());
                             }
                             continue;
                         }
@@ -204,9 +202,8 @@ impl Dispatcher {
                     wakeup.reset();
                     let delay = db_backoff.delay(db_failures);
                     db_failures += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait() => return Ok(()),
+                    if !shutdown.sleep(delay).await {
+                        return Ok(());
                     }
                     continue;
                 }

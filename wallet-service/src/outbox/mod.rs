@@ -113,10 +113,7 @@ async fn linger(linger: Duration, shutdown: &mut Shutdown) -> bool {
     if linger.is_zero() {
         return true;
     }
-    tokio::select! {
-        _ = tokio::time::sleep(linger) => true,
-        _ = shutdown.wait() => false,
-    }
+    shutdown.sleep(linger).await
 }
 
 /// What one relay batch did: how many rows it claimed (a full batch means more may wait),

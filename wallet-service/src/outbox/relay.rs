@@ -125,10 +125,10 @@ impl EventRelay {
                     wakeup.reset();
                     let delay = backoff.delay(failures);
                     failures += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => continue,
-                        _ = shutdown.wait() => break,
+                    if !shutdown.sleep(delay).await {
+                        break;
                     }
+                    continue;
                 }
             }
             if !wakeup.wait(&mut shutdown).await {

@@ -317,15 +317,15 @@ async fn requests_the_broker_returns_are_offered_again_after_a_growing_pause(poo
     })
     .await;
     let (_conn, channel) = amqp_channel().await;
-    let unbind = || {
-        channel.queue_unbind(
+    channel
+        .queue_unbind(
             topology.queue.as_str().into(),
             topology.exchange.as_str().into(),
             topology.routing_key.as_str().into(),
             Default::default(),
         )
-    };
-    unbind().await.unwrap();
+        .await
+        .unwrap();
 
     assert_eq!(
         app.pay("alice", &wallet, 10, "m").await.status(),
@@ -362,16 +362,8 @@ async fn requests_the_broker_returns_are_offered_again_after_a_growing_pause(poo
         "a returned request must not be marked published"
     );
 
-    channel
-        .queue_bind(
-            topology.queue.as_str().into(),
-            topology.exchange.as_str().into(),
-            topology.routing_key.as_str().into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    // Declaring the topology again binds the queue again, as a restarted service would.
+    topology.declare(&channel).await.unwrap();
     eventually("published once bound again", DEADLINE, || async {
         attempts().await.1.then_some(())
     })
