@@ -5,6 +5,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// A simulated card gateway for the processor-service and tests.
 #[derive(Debug, Clone, Parser)]
@@ -34,9 +35,34 @@ pub struct Config {
     /// unset).
     #[arg(long, env = "GATEWAY_DATA_FILE")]
     pub data_file: Option<PathBuf>,
+    /// Seconds a charge and its refunds are remembered after the last of them: then the key
+    /// can be charged again. Keep it longer than any payment can be retried.
+    #[arg(
+        long,
+        env = "GATEWAY_RETENTION_SECS",
+        default_value_t = 604_800,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub retention_secs: u64,
+    /// Seconds between two retention passes.
+    #[arg(
+        long,
+        env = "GATEWAY_RETENTION_INTERVAL_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub retention_interval_secs: u64,
 }
 
 impl Config {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
+    }
+
+    pub fn retention_interval(&self) -> Duration {
+        Duration::from_secs(self.retention_interval_secs)
+    }
+
     pub fn behaviour(&self) -> Behaviour {
         Behaviour {
             latency_ms: self.latency_ms,

@@ -43,6 +43,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
 
 fn describe_metrics() {
     crate::refunds::describe_metrics();
+    crate::retention::describe_metrics();
     metrics::describe_counter!(
         "gateway_charge_requests_total",
         "Charge requests answered, by result: succeeded, declined, unavailable, replayed, \
@@ -252,6 +253,10 @@ async fn stats(State(gw): State<Arc<Gateway>>) -> Json<serde_json::Value> {
         "refunds": refunds.succeeded,
         "refunds_declined": refunds.declined,
         "refunded_amount": refunds.refunded_amount,
+        // Charges older than this may be forgotten (404): clients checking old charges
+        // (the load generator) tell those apart from missing ones.
+        "retention_secs": gw.retention_secs,
+        "forgotten_charges": gw.store.forgotten_charges(),
     }))
 }
 

@@ -9,6 +9,7 @@
 mod config;
 mod http;
 mod refunds;
+pub mod retention;
 mod store;
 
 pub use config::{Behaviour, BehaviourPatch, Config};
@@ -31,6 +32,8 @@ pub struct Gateway {
     requests: AtomicU64,
     replays: AtomicU64,
     unavailable: AtomicU64,
+    /// What `/v1/stats` reports of `GATEWAY_RETENTION_SECS`.
+    retention_secs: u64,
 }
 
 impl Gateway {
@@ -49,6 +52,7 @@ impl Gateway {
             requests: AtomicU64::new(0),
             replays: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
+            retention_secs: config.retention_secs,
         }))
     }
 
@@ -96,6 +100,25 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Starts the retention passes (`retention.rs`) in a background task.
+    pub fn spawn_retention(&self, config: &Config) -> JoinHandle<()> {
+        retention::spawn(
+            Arc::clone(&self.store),
+            config.retention(),
+            config.retention_interval(),
+        )
+    }
+
+    /// One retention pass now, forgetting what had no activity since `cutoff`. Blocking.
+    pub fn forget_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> std::io::Result<retention::Pass> {
+        self.store.forget_before(cutoff)
+    }
+}
+
+impl Gateway {
     /// Whether this request meets a simulated outage (`error_rate`).
     fn outage(&self, behaviour: &Behaviour) -> bool {
         lock(&self.rng).f64() < behaviour.error_rate
@@ -108,8 +131,11 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `GET /metrics` is served.
     pub metrics_addr: SocketAddr,
+    /// The state behind the routes, for what tests do besides HTTP (a retention pass now).
+    pub gateway: Arc<Gateway>,
     task: JoinHandle<()>,
     metrics_task: JoinHandle<()>,
+    retention_task: JoinHandle<()>,
 }
 
 impl Running {
@@ -127,6 +153,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
         self.metrics_task.abort();
+        self.retention_task.abort();
     }
 }
 
@@ -142,7 +169,8 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     )
     .await?;
     let metrics_addr = metrics.local_addr()?;
-    let app = app(gateway);
+    let retention_task = gateway.spawn_retention(&config);
+    let app = app(Arc::clone(&gateway));
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "gateway server failed");
@@ -152,7 +180,9 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         metrics_addr,
+        gateway,
         task,
         metrics_task,
+        retention_task,
     })
 }

@@ -9,6 +9,11 @@ async fn main() -> anyhow::Result<()> {
     init_tracing("mock-gateway");
     let metrics = install_metrics();
     let gateway = Gateway::new(&config)?;
+    tracing::info!(
+        retention_secs = config.retention_secs,
+        "charges are forgotten after this long without activity"
+    );
+    let retention = gateway.spawn_retention(&config);
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
@@ -26,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(async move { sd.wait().await })
         .await?;
     let _ = metrics_task.await;
+    retention.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -95,6 +95,41 @@ impl Refunds {
         self.counts
     }
 
+    /// When the charge's latest refund was made, if it has any.
+    pub(crate) fn latest(&self, charge_key: &str) -> Option<DateTime<Utc>> {
+        let charge = self.by_charge.get(charge_key)?;
+        charge
+            .keys
+            .iter()
+            .filter_map(|k| self.by_key.get(k))
+            .map(|r| r.created_at)
+            .max()
+    }
+
+    /// Whether a refund of the charge is being processed (its amount is reserved).
+    pub(crate) fn in_flight_on(&self, charge_key: &str) -> bool {
+        self.by_charge
+            .get(charge_key)
+            .is_some_and(|c| c.reserved > 0)
+    }
+
+    /// Drops the charge's refunds, returning how many there were. The running counts keep
+    /// them: `/v1/stats` counts since start.
+    pub(crate) fn forget_charge(&mut self, charge_key: &str) -> usize {
+        let Some(charge) = self.by_charge.remove(charge_key) else {
+            return 0;
+        };
+        for key in &charge.keys {
+            self.by_key.remove(key);
+        }
+        charge.keys.len()
+    }
+
+    /// Every recorded refund, in no particular order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Refund> {
+        self.by_key.values()
+    }
+
     /// Takes `key` and `amount` off what the charge has left, if it is enough. Only ever
     /// called under the store's lock: this check-and-reserve is the one step that keeps
     /// concurrent refunds with different keys from exceeding the charge together.
@@ -176,11 +211,11 @@ impl InFlight {
     /// reservation into refunded amount in one step (never counted twice, so a concurrent
     /// refund is never refused for an amount that is in fact left). Blocking.
     fn record(mut self, refund: Refund) -> std::io::Result<Refund> {
-        self.store.append(&refund)?;
-        let mut keys = lock(&self.store.keys);
-        keys.refunds.insert(refund.clone());
-        keys.refunds
-            .release(&self.charge.idempotency_key, &self.key, self.amount);
+        self.store.record(&refund, |keys| {
+            keys.insert_refund(refund.clone());
+            keys.refunds
+                .release(&self.charge.idempotency_key, &self.key, self.amount);
+        })?;
         self.recorded = true;
         Ok(refund)
     }

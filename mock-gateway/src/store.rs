@@ -1,14 +1,14 @@
 //! Charges by idempotency key, the keys being processed, and the optional append-only
 //! file that lets the gateway remember its charges (and their refunds, `refunds.rs`) across
-//! restarts.
+//! restarts. What is kept, and for how long, is `retention.rs`'s business.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// The statuses are the wire contract's, shared with the processor.
@@ -44,6 +44,11 @@ pub(crate) struct Keys {
     pub(crate) refunds: crate::refunds::Refunds,
     /// Charges by status, kept as they are added so `/v1/stats` does not scan them all.
     counts: ChargeCounts,
+    /// Charge keys by the time of their charge and of each of their refunds, oldest first:
+    /// what retention walks, so forgetting costs what is forgotten, not what is kept.
+    pub(crate) activity: VecDeque<(DateTime<Utc>, String)>,
+    /// Charges forgotten by retention since start.
+    pub(crate) forgotten: u64,
 }
 
 /// Numbers of succeeded, declined and voided keys.
@@ -69,7 +74,16 @@ impl Keys {
             ChargeStatus::Voided => &mut self.counts.voided,
         };
         *count += 1;
+        self.activity
+            .push_back((charge.created_at, charge.idempotency_key.clone()));
         slot.insert(charge);
+    }
+
+    /// Adds a recorded refund; its charge counts as active again from the refund's time.
+    pub(crate) fn insert_refund(&mut self, refund: crate::refunds::Refund) {
+        self.activity
+            .push_back((refund.created_at, refund.charge_key.clone()));
+        self.refunds.insert(refund);
     }
 }
 
@@ -86,7 +100,15 @@ pub struct Store {
     // One lock over both sets, so "not charged and not in flight" is checked and the key
     // reserved in one step: two requests with the same key can never both charge.
     pub(crate) keys: Mutex<Keys>,
-    file: Option<Mutex<File>>,
+    /// Locked before `keys` whenever both are (recording, compacting), never after.
+    pub(crate) file: Option<Mutex<DataFile>>,
+}
+
+/// The open data file and how many records it holds, live or forgotten.
+pub(crate) struct DataFile {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    pub(crate) lines: u64,
 }
 
 impl Store {
@@ -122,18 +144,23 @@ impl Store {
         }
 
         let mut keys = Keys::default();
+        let mut lines = 0;
         for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
             }
+            lines += 1;
             let record: Record = serde_json::from_slice(line).with_context(|| {
                 format!("{}:{}: not a charge or a refund", path.display(), n + 1)
             })?;
             match record {
                 Record::Charge(charge) => keys.insert_charge(charge),
-                Record::Refund(refund) => keys.refunds.insert(refund),
+                Record::Refund(refund) => keys.insert_refund(refund),
             }
         }
+        // A compacted file is in no particular order; retention walks the oldest first.
+        keys.activity.make_contiguous().sort_unstable();
+        crate::retention::remove_unfinished_compaction(path);
         tracing::info!(
             path = %path.display(),
             charges = keys.charges.len(),
@@ -142,7 +169,11 @@ impl Store {
         );
         Ok(Self {
             keys: Mutex::new(keys),
-            file: Some(Mutex::new(file)),
+            file: Some(Mutex::new(DataFile {
+                file,
+                path: path.to_owned(),
+                lines,
+            })),
         })
     }
 
@@ -177,19 +208,38 @@ impl Store {
         let keys = lock(&self.keys);
         (keys.counts, keys.refunds.counts())
     }
+
+    /// Charges forgotten by retention since start.
+    pub fn forgotten_charges(&self) -> u64 {
+        lock(&self.keys).forgotten
+    }
 }
 
 impl Store {
-    /// Appends one record to the data file and fsyncs it (nothing without a file). Blocking.
-    pub(crate) fn append(&self, record: &impl Serialize) -> io::Result<()> {
-        if let Some(file) = &self.file {
-            let mut line = serde_json::to_vec(record)?;
-            line.push(b'\n');
-            let mut file = lock(file);
-            file.write_all(&line)?;
-            file.sync_data()?;
-        }
-        Ok(())
+    /// Appends one record to the data file and fsyncs it (nothing without a file), then
+    /// makes it visible with `apply`. Blocking.
+    ///
+    /// The file stays locked until `apply` has run: a compaction, which rewrites the file
+    /// from memory under the same lock, can then never miss a record that is already in
+    /// the file but not yet in memory.
+    pub(crate) fn record<T>(
+        &self,
+        record: &impl Serialize,
+        apply: impl FnOnce(&mut Keys) -> T,
+    ) -> io::Result<T> {
+        let _file = match &self.file {
+            Some(file) => {
+                let mut line = serde_json::to_vec(record)?;
+                line.push(b'\n');
+                let mut file = lock(file);
+                file.file.write_all(&line)?;
+                file.file.sync_data()?;
+                file.lines += 1;
+                Some(file)
+            }
+            None => None,
+        };
+        Ok(apply(&mut lock(&self.keys)))
     }
 }
 
@@ -205,8 +255,8 @@ impl InFlight {
     /// call it from a blocking thread.
     pub fn record(self, charge: Charge) -> io::Result<Charge> {
         debug_assert_eq!(charge.idempotency_key, self.key);
-        self.store.append(&charge)?;
-        lock(&self.store.keys).insert_charge(charge.clone());
+        self.store
+            .record(&charge, |keys| keys.insert_charge(charge.clone()))?;
         Ok(charge)
     }
 }

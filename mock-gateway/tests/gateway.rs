@@ -14,6 +14,8 @@ fn config() -> Config {
         error_rate: 0.0,
         seed: Some(7),
         data_file: None,
+        retention_secs: 604_800,
+        retention_interval_secs: 60,
     }
 }
 
@@ -82,7 +84,7 @@ async fn same_key_returns_the_same_charge_once() {
     let (_, stats) = get_json(&gw, &client, "/v1/stats").await;
     assert_eq!(
         stats,
-        json!({ "charges": 1, "declined": 0, "requests": 2, "replays": 1, "unavailable": 0, "voided": 0, "refunds": 0, "refunds_declined": 0, "refunded_amount": 0 })
+        json!({ "charges": 1, "declined": 0, "requests": 2, "replays": 1, "unavailable": 0, "voided": 0, "refunds": 0, "refunds_declined": 0, "refunded_amount": 0, "retention_secs": 604_800, "forgotten_charges": 0 })
     );
 }
 
@@ -120,7 +122,7 @@ async fn test_unavailable_merchant_answers_503_and_records_nothing() {
     let (_, stats) = get_json(&gw, &client, "/v1/stats").await;
     assert_eq!(
         stats,
-        json!({ "charges": 0, "declined": 0, "requests": 2, "replays": 0, "unavailable": 2, "voided": 0, "refunds": 0, "refunds_declined": 0, "refunded_amount": 0 })
+        json!({ "charges": 0, "declined": 0, "requests": 2, "replays": 0, "unavailable": 2, "voided": 0, "refunds": 0, "refunds_declined": 0, "refunded_amount": 0, "retention_secs": 604_800, "forgotten_charges": 0 })
     );
 }
 
@@ -430,4 +432,203 @@ async fn a_key_in_flight_can_be_neither_looked_up_as_missing_nor_voided() {
     assert_eq!(charged["status"], "succeeded");
     let (status, after) = get_json(&gw, &client, "/v1/charges/k-slow").await;
     assert_eq!((status, after), (StatusCode::OK, charged));
+}
+
+/// Non-empty lines of the data file: one per record it holds.
+fn records_in(file: &std::path::Path) -> usize {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count()
+}
+
+async fn post_refund(
+    gw: &Running,
+    client: &Client,
+    charge: &str,
+    key: &str,
+    amount: i64,
+) -> reqwest::Response {
+    client
+        .post(gw.url(&format!("/v1/charges/{charge}/refunds")))
+        .header("Idempotency-Key", key)
+        .json(&json!({ "amount": amount }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// One retention pass now, forgetting what had no activity since `cutoff`.
+async fn forget_before(
+    gw: &Running,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> mock_gateway::retention::Pass {
+    let gateway = std::sync::Arc::clone(&gw.gateway);
+    tokio::task::spawn_blocking(move || gateway.forget_before(cutoff))
+        .await
+        .unwrap()
+        .expect("retention pass")
+}
+
+#[tokio::test]
+async fn charges_without_activity_for_the_retention_are_forgotten_and_the_file_shrinks() {
+    let file =
+        TempFile(std::env::temp_dir().join(format!("mock-gateway-{}.jsonl", uuid::Uuid::new_v4())));
+    let with_file = || Config {
+        data_file: Some(file.0.clone()),
+        ..config()
+    };
+    let body = charge_body(4200, "m_1");
+    let (gw, client) = start(with_file()).await;
+    let mut first_ids = Vec::new();
+    for i in 0..100 {
+        let charge: Value = post_charge(&gw, &client, &format!("old-{i}"), &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        first_ids.push(charge["id"].clone());
+    }
+    let cutoff = chrono::Utc::now();
+    // After the cutoff: a new charge, and a refund that keeps old-0 alive.
+    assert_eq!(
+        post_charge(&gw, &client, "new", &body).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        post_refund(&gw, &client, "old-0", "re-0", 100)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(records_in(&file.0), 102);
+
+    let pass = forget_before(&gw, cutoff).await;
+    assert_eq!(
+        (pass.forgotten_charges, pass.forgotten_refunds),
+        (99, 0),
+        "{pass:?}"
+    );
+    assert_eq!((pass.kept_charges, pass.kept_refunds), (2, 1), "{pass:?}");
+    assert_eq!(pass.compacted, Some((102, 3)), "{pass:?}");
+    assert_eq!(records_in(&file.0), 3);
+    assert_eq!(
+        forget_before(&gw, cutoff).await.forgotten_charges,
+        0,
+        "nothing twice"
+    );
+    let (_, stats) = get_json(&gw, &client, "/v1/stats").await;
+    assert_eq!(
+        (
+            stats["forgotten_charges"].as_u64(),
+            stats["retention_secs"].as_u64()
+        ),
+        (Some(99), Some(604_800))
+    );
+
+    assert_eq!(
+        get_json(&gw, &client, "/v1/charges/old-5").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get_json(&gw, &client, "/v1/charges/old-0").await.1["id"],
+        first_ids[0]
+    );
+    let (status, refunds) = get_json(&gw, &client, "/v1/charges/old-0/refunds").await;
+    assert_eq!(
+        (status, refunds["data"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(1))
+    );
+    // A refund of a forgotten charge is refused; the key itself is a new charge now, which
+    // is why the retention must outlast every retry.
+    let refused = post_refund(&gw, &client, "old-7", "re-7", 100).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let again = post_charge(&gw, &client, "old-5", &body).await;
+    assert!(!is_replay(&again));
+    let again: Value = again.json().await.unwrap();
+    assert_ne!(again["id"], first_ids[5]);
+    assert_eq!(records_in(&file.0), 4, "appends go to the rewritten file");
+    drop(gw);
+
+    let (gw, client) = start(with_file()).await;
+    assert_eq!(
+        get_json(&gw, &client, "/v1/charges/old-0").await.1["id"],
+        first_ids[0]
+    );
+    assert_eq!(
+        get_json(&gw, &client, "/v1/charges/old-5").await.1["id"],
+        again["id"]
+    );
+    assert_eq!(
+        get_json(&gw, &client, "/v1/charges/old-6").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get_json(&gw, &client, "/v1/charges/new").await.0,
+        StatusCode::OK
+    );
+    let replayed = post_refund(&gw, &client, "old-0", "re-0", 100).await;
+    assert!(
+        is_replay(&replayed),
+        "the kept refund is still answered from its key"
+    );
+}
+
+#[tokio::test]
+async fn a_charge_with_a_refund_in_flight_is_kept() {
+    let (gw, client) = start(config()).await;
+    assert_eq!(
+        post_charge(&gw, &client, "busy", &charge_body(4200, "m_1"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Refunds now take a minute on average (seeded, so the same every run).
+    let slow = client
+        .put(gw.url("/v1/admin/behaviour"))
+        .json(&json!({ "latency_ms": 60_000 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), StatusCode::OK);
+    let refund = {
+        let (client, url) = (client.clone(), gw.url("/v1/charges/busy/refunds"));
+        tokio::spawn(async move {
+            let _ = client
+                .post(url)
+                .header("Idempotency-Key", "re-busy")
+                .json(&json!({ "amount": 100 }))
+                .send()
+                .await;
+        })
+    };
+    // More than the charge is refused without claiming anything, and the refusal says what
+    // is left: 4,100 once the refund in flight has reserved its 100.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let probe = post_refund(&gw, &client, "busy", "probe", 4201).await;
+        assert_eq!(probe.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        if probe.json::<Value>().await.unwrap()["refundable"] == 4100 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refund never got in flight"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    let pass = forget_before(&gw, later).await;
+    assert_eq!(
+        (pass.forgotten_charges, pass.kept_charges),
+        (0, 1),
+        "{pass:?}"
+    );
+    assert_eq!(
+        get_json(&gw, &client, "/v1/charges/busy").await.0,
+        StatusCode::OK
+    );
+    refund.abort();
 }

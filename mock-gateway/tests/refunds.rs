@@ -18,6 +18,8 @@ fn config(data_file: Option<PathBuf>) -> Config {
         error_rate: 0.0,
         seed: Some(7),
         data_file,
+        retention_secs: 604_800,
+        retention_interval_secs: 60,
     }
 }
 

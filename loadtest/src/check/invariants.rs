@@ -7,6 +7,7 @@ use super::{examples, Balance, Check};
 use crate::api::CallResult;
 use crate::mix::PayKind;
 use crate::run::{Ctx, PayRecord, Replays};
+use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -236,32 +237,78 @@ pub fn gateway_count(before: &Value, after: &Value, succeeded: u64) -> Check {
 }
 
 /// Check 8: The gateway's charge of each final payment agrees with it.
-pub async fn gateway_agrees(ctx: &Ctx, finals: &[Final]) -> Check {
-    let problems = gateway_disagreements(ctx, finals).await;
-    let detail = if problems.is_empty() {
-        format!("{} charges looked up by payment id", finals.len())
+pub async fn gateway_agrees(ctx: &Ctx, finals: &[Final], gateway: &Value) -> Check {
+    let forgets_before = forgets_before(gateway, Utc::now());
+    let lookups = gateway_disagreements(ctx, finals, forgets_before).await;
+    let forgotten = match lookups.forgotten {
+        0 => String::new(),
+        n => format!(
+            "; {n} older than the gateway's retention ({} s) were forgotten by it, as it may",
+            gateway["retention_secs"]
+        ),
+    };
+    let detail = if lookups.problems.is_empty() {
+        format!(
+            "{} charges looked up by payment id{forgotten}",
+            finals.len()
+        )
     } else {
-        format!("{} disagree: {}", problems.len(), examples(&problems))
+        let problems = &lookups.problems;
+        format!(
+            "{} disagree: {}{forgotten}",
+            problems.len(),
+            examples(problems)
+        )
     };
     check(
         "the gateway's charge of each final payment agrees",
-        problems.is_empty(),
+        lookups.problems.is_empty(),
         detail,
     )
 }
 
+/// Before when the gateway may have forgotten a charge (`GATEWAY_RETENTION_SECS`, from its
+/// `/v1/stats`): a charge is made after its payment was accepted, and forgotten only once
+/// it is older than the retention, so a payment accepted after this must still be found.
+fn forgets_before(gateway: &Value, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let secs = gateway["retention_secs"].as_i64()?;
+    now.checked_sub_signed(chrono::Duration::try_seconds(secs)?)
+}
+
+struct Lookups {
+    problems: Vec<String>,
+    /// Charges not found because the gateway's retention let them go.
+    forgotten: usize,
+}
+
 /// Looks every final payment up at the gateway by its idempotency key (the payment id):
 /// succeeded ↔ a succeeded charge of the same amount, declined ↔ a declined charge,
-/// any other failure ↔ no charge (or a voided key).
-async fn gateway_disagreements(ctx: &Ctx, finals: &[Final]) -> Vec<String> {
+/// any other failure ↔ no charge (or a voided key). A charge not found for a payment
+/// accepted before `forgets_before` was forgotten by the gateway's retention.
+async fn gateway_disagreements(
+    ctx: &Ctx,
+    finals: &[Final],
+    forgets_before: Option<DateTime<Utc>>,
+) -> Lookups {
     let answers: Vec<(usize, CallResult)> = stream::iter(finals.iter().enumerate())
         .map(|(i, (id, ..))| async move { (i, ctx.api.gateway_charge(id).await) })
         .buffer_unordered(32)
         .collect()
         .await;
-    let mut problems = Vec::new();
+    let mut lookups = Lookups {
+        problems: Vec::new(),
+        forgotten: 0,
+    };
     for (i, r) in answers {
-        let (id, amount, status, reason) = &finals[i];
+        let (id, amount, status, reason, created) = &finals[i];
+        let charged = status == "succeeded" || reason.as_deref() == Some("declined");
+        if let Ok(c) = &r {
+            let old = created.zip(forgets_before).is_some_and(|(c, f)| c < f);
+            if charged && old && c.status == StatusCode::NOT_FOUND {
+                lookups.forgotten += 1;
+                continue;
+            }
+        }
         let problem = match (&r, status.as_str(), reason.as_deref()) {
             (Err(e), ..) => Some(format!("look-up failed: {}", e.describe())),
             (Ok(c), "succeeded", _) => (c.status != StatusCode::OK
@@ -275,10 +322,10 @@ async fn gateway_disagreements(ctx: &Ctx, finals: &[Final]) -> Vec<String> {
                 .then(|| format!("failed ({reason:?}) but gateway has {}", c.body)),
         };
         if let Some(p) = problem {
-            problems.push(format!("{id}: {p}"));
+            lookups.problems.push(format!("{id}: {p}"));
         }
     }
-    problems
+    lookups
 }
 
 /// Check 9: Every client retry replayed the first response.
@@ -326,6 +373,20 @@ pub fn as_intended(r: &Reconciled, finals: &Finals, records: &[PayRecord]) -> Ch
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_charges_older_than_the_gateways_retention_may_be_missing() {
+        let now = Utc::now();
+        assert_eq!(
+            forgets_before(&json!({"charges": 1}), now),
+            None,
+            "an older gateway"
+        );
+        assert_eq!(
+            forgets_before(&json!({"retention_secs": 120}), now),
+            Some(now - chrono::Duration::seconds(120))
+        );
+    }
 
     #[test]
     fn the_gateway_count_must_match_exactly() {

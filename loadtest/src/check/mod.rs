@@ -113,7 +113,7 @@ pub async fn verify(
         invariants::ledger_agrees(&audit),
         invariants::no_foreign_money(&audit),
         invariants::gateway_count(gateway_before, &gateway_after, succeeded),
-        invariants::gateway_agrees(ctx, &finals.list).await,
+        invariants::gateway_agrees(ctx, &finals.list, &gateway_after).await,
         invariants::replays_replayed(&lock(&ctx.replays)),
         invariants::as_intended(&r, &finals, &records),
         refunds::refunds_agree(&lock(&ctx.refunds), gateway_before, &gateway_after),

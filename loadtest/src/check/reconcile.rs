@@ -100,8 +100,8 @@ impl Reconciled {
     }
 }
 
-/// A final payment: id, amount, status, failure reason.
-pub type Final = (String, i64, String, Option<String>);
+/// A final payment: id, amount, status, failure reason, when the server accepted it.
+pub type Final = (String, i64, String, Option<String>, Option<DateTime<Utc>>);
 
 /// How the run's payments ended.
 pub struct Finals {
@@ -158,6 +158,7 @@ impl Finals {
                 amount,
                 p.status.clone(),
                 p.failure_reason.clone(),
+                p.created_at,
             ));
             if let (Some(c), Some(done)) = (p.created_at, p.finalized_at) {
                 f.latency(p, (done - c).to_std().unwrap_or_default(), c, wall_t0);

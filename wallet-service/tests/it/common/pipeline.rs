@@ -22,6 +22,8 @@ pub async fn gateway(latency_ms: u64) -> mock_gateway::Running {
         error_rate: 0.0,
         seed: Some(42),
         data_file: None,
+        retention_secs: 604_800,
+        retention_interval_secs: 60,
     };
     mock_gateway::spawn(cfg).await.expect("gateway starts")
 }
