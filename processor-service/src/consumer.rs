@@ -23,6 +23,7 @@ use shared::events::{
 use shared::ids::{EventId, PaymentId};
 use shared::shutdown::Shutdown;
 use shared::status::{FailureReason, Outcome};
+use shared::throttle::LogThrottle;
 use shared::topology::{header_str, AmqpTopology, KafkaTopics};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -245,11 +246,21 @@ impl Processor {
                 }
                 Err(why) => {
                     // Keep the hold; try again later.
-                    tracing::warn!(
-                        %payment_id,
-                        reason = %why,
-                        "charge outcome unknown; payment stays pending and the request is requeued",
-                    );
+                    static LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
+                    match LOG.admit() {
+                        Some(held_back) => tracing::warn!(
+                            %payment_id,
+                            reason = %why,
+                            held_back,
+                            "charge outcome unknown; payment stays pending and the request is \
+                             requeued (one line per 10 s; held_back more since the last)",
+                        ),
+                        None => tracing::debug!(
+                            %payment_id,
+                            reason = %why,
+                            "charge outcome unknown; payment stays pending and the request is requeued",
+                        ),
+                    }
                     requeue(delivery).await;
                 }
             }
@@ -296,6 +307,8 @@ impl Processor {
                     );
                 }
                 Err(why) => {
+                    // Not throttled: refunds are few (an operator's), and the runbook finds
+                    // a stuck one by this line.
                     tracing::warn!(
                         refund_id = %refund.id,
                         reason = %why,

@@ -7,7 +7,8 @@
 //! rejecting ones we cannot process; [`notifications`] the events other systems consume
 //! (`payment.finalized`, `wallet.deposited`, `payment.alert`). [`topology`] names and declares the broker objects;
 //! [`backoff`] is the retry schedule; [`telemetry`] sets up logs and Prometheus metrics;
-//! [`shutdown`] is the SIGTERM signal every worker listens to; [`auth`] the bearer tokens.
+//! [`shutdown`] is the SIGTERM signal every worker listens to; [`auth`] the bearer tokens;
+//! [`throttle`] keeps an outage from flooding the log.
 //! Those last ones sit behind cargo features (`brokers`, `telemetry`, `runtime`, `auth`,
 //! and for tokens `jwks`, `signing`, `token-source`), so that a crate compiles only the
 //! clients it uses.
@@ -32,6 +33,7 @@ pub mod status;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod text;
+pub mod throttle;
 #[cfg(feature = "brokers")]
 pub mod topology;
 pub mod trace;
