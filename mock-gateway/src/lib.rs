@@ -4,7 +4,8 @@
 //!
 //! [`Config`] is read from flags or `GATEWAY_*` variables, [`app`] is the router, and
 //! [`spawn`] starts the whole service in-process (tests bind port 0). Metrics are served on
-//! a listener of their own (`GATEWAY_METRICS_BIND`).
+//! a listener of their own (`GATEWAY_METRICS_BIND`). Charges are kept for a retention period
+//! ([`retention`]), so that a gateway running for months holds one period's worth.
 
 mod config;
 mod http;

@@ -12,7 +12,7 @@ use crate::store::{lock, DataFile, Keys, Store};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,46 +67,32 @@ impl Keys {
         pass.kept_refunds = self.refunds.len();
         pass
     }
-
-    /// Every live record as data-file lines.
-    fn to_lines(&self) -> io::Result<Vec<u8>> {
-        fn line(out: &mut Vec<u8>, record: &impl Serialize) -> io::Result<()> {
-            serde_json::to_writer(&mut *out, record)?;
-            out.push(b'\n');
-            Ok(())
-        }
-        let mut out = Vec::new();
-        for charge in self.charges.values() {
-            line(&mut out, charge)?;
-        }
-        for refund in self.refunds.all() {
-            line(&mut out, refund)?;
-        }
-        Ok(out)
-    }
 }
 
 impl Store {
     /// One retention pass: forgets what had no activity since `cutoff`, then rewrites the
     /// data file if forgotten records make up more than half of it. Blocking.
     ///
-    /// The file is locked first, as when recording, so nothing is recorded while memory is
-    /// copied out and the file replaced; lookups wait only for the copy.
+    /// The file is locked first, as when recording, so nothing is recorded while the live
+    /// records are written out and the file replaced; lookups wait only for the writing.
     pub fn forget_before(&self, cutoff: DateTime<Utc>) -> io::Result<Pass> {
         let mut file = self.file.as_ref().map(lock);
-        let (mut pass, rewrite) = {
+        let mut rewritten = None;
+        let mut pass = {
             let mut keys = lock(&self.keys);
             let pass = keys.forget_before(cutoff);
             let live = (pass.kept_charges + pass.kept_refunds) as u64;
-            let rewrite = match &file {
-                Some(f) if f.lines > 2 * live + COMPACT_SLACK => Some((keys.to_lines()?, live)),
-                _ => None,
-            };
-            (pass, rewrite)
+            if let Some(file) = file
+                .as_deref()
+                .filter(|f| f.lines > 2 * live + COMPACT_SLACK)
+            {
+                rewritten = Some((file.write_next(&keys)?, live));
+            }
+            pass
         };
-        if let (Some(file), Some((bytes, live))) = (file.as_deref_mut(), rewrite) {
+        if let (Some(file), Some((next, live))) = (file.as_deref_mut(), rewritten) {
             let before = file.lines;
-            file.replace(&bytes, live)?;
+            file.replace(next, live)?;
             pass.compacted = Some((before, live));
         }
         Ok(pass)
@@ -114,31 +100,52 @@ impl Store {
 }
 
 impl DataFile {
-    /// Replaces the file with `bytes` (`lines` records) atomically: written and fsync'd
-    /// beside it, then renamed over it. A crash before the rename leaves the old file whole.
-    fn replace(&mut self, bytes: &[u8], lines: u64) -> io::Result<()> {
-        let next = compaction_path(&self.path);
-        // Opened for appending before the rename, so the handle follows the new file and
-        // no later record can go to the replaced one.
-        let mut file = OpenOptions::new()
+    /// Writes every live record to a new file beside the data file, through a small buffer:
+    /// to the page cache, a few milliseconds per 10,000 records. (A copy of the records in
+    /// memory instead was a buffer the size of the file, which the allocator kept, in a
+    /// different arena each time, and the gateway's memory grew with every compaction.)
+    fn write_next(&self, keys: &Keys) -> io::Result<File> {
+        let path = compaction_path(&self.path);
+        // Opened for appending, so that once renamed it takes the next records as it is.
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .truncate(false)
-            .open(&next)?;
+            .open(&path)?;
         file.set_len(0)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&next, &self.path)?;
+        let mut out = BufWriter::with_capacity(64 * 1024, &file);
+        for charge in keys.charges.values() {
+            write_line(&mut out, charge)?;
+        }
+        for refund in keys.refunds.all() {
+            write_line(&mut out, refund)?;
+        }
+        out.flush()?;
+        drop(out);
+        Ok(file)
+    }
+
+    /// Makes `next` (`lines` records) the data file atomically: fsync'd, then renamed over
+    /// it. A crash before the rename leaves the old file whole.
+    fn replace(&mut self, next: File, lines: u64) -> io::Result<()> {
+        next.sync_all()?;
+        std::fs::rename(compaction_path(&self.path), &self.path)?;
+        // The new file is the data file from here on, whatever happens next: the old one
+        // is unlinked, and a record appended to it would be lost at the next start.
+        self.file = next;
+        self.lines = lines;
         let dir = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
         };
-        File::open(dir)?.sync_all()?;
-        self.file = file;
-        self.lines = lines;
-        Ok(())
+        File::open(dir)?.sync_all()
     }
+}
+
+fn write_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
 }
 
 fn compaction_path(path: &Path) -> PathBuf {

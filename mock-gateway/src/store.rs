@@ -232,8 +232,19 @@ impl Store {
                 let mut line = serde_json::to_vec(record)?;
                 line.push(b'\n');
                 let mut file = lock(file);
-                file.file.write_all(&line)?;
-                file.file.sync_data()?;
+                let end = file.file.metadata()?.len();
+                if let Err(e) = file
+                    .file
+                    .write_all(&line)
+                    .and_then(|()| file.file.sync_data())
+                {
+                    // Not acknowledged, so not kept: a part of the line would be glued to
+                    // the next record, and a whole one would shadow the retry that succeeds.
+                    if let Err(cut) = file.file.set_len(end) {
+                        tracing::error!(error = %cut, "cannot cut a failed record off the data file");
+                    }
+                    return Err(e);
+                }
                 file.lines += 1;
                 Some(file)
             }

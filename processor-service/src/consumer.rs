@@ -187,7 +187,7 @@ impl Processor {
 
     async fn handle(&self, delivery: Delivery) {
         metrics::counter!("requests_consumed_total").increment(1);
-        metrics::gauge!("requests_in_flight").increment(1.0);
+        let _in_flight = InFlight::start();
         let start = Instant::now();
         let headers = delivery.properties.headers().as_ref();
         let traceparent = shared::trace::child_of(header_str(headers, "traceparent").as_deref());
@@ -195,7 +195,6 @@ impl Processor {
             Ok(Request::Payment(r)) => r,
             Ok(Request::Refund(r)) => {
                 self.handle_refund(delivery, r, &traceparent).await;
-                metrics::gauge!("requests_in_flight").decrement(1.0);
                 metrics::histogram!("request_processing_duration_seconds")
                     .record(start.elapsed().as_secs_f64());
                 return;
@@ -210,7 +209,6 @@ impl Processor {
                 metrics::counter!("requests_dead_lettered_total", "reason" => poison.label())
                     .increment(1);
                 let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                metrics::gauge!("requests_in_flight").decrement(1.0);
                 return;
             }
         };
@@ -267,7 +265,6 @@ impl Processor {
         }
         .instrument(span)
         .await;
-        metrics::gauge!("requests_in_flight").decrement(1.0);
         metrics::histogram!("request_processing_duration_seconds")
             .record(start.elapsed().as_secs_f64());
     }
@@ -458,6 +455,24 @@ pub fn result_for(request: &PaymentRequested, decision: Decision) -> Result<Paym
             None,
         )),
         Decision::Unknown(why) => Err(why),
+    }
+}
+
+/// One request counted in `requests_in_flight` until dropped: also when its task is aborted
+/// (a drain that timed out), which a decrement at the end of `handle` would miss, leaving
+/// the gauge one higher after each such reconnect.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!("requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("requests_in_flight").decrement(1.0);
     }
 }
 

@@ -50,7 +50,33 @@ pub fn describe_metrics() {
     );
 }
 
+/// The next events in `seq` order across both Kafka channels. Each channel is read from
+/// `outbox_unpublished_idx (channel, seq)` in order and the two are merged, so a batch reads
+/// its own rows only; `channel IN (...) ORDER BY seq` sorted every waiting row of both for
+/// each batch, which after a Kafka outage made each batch cost the whole backlog.
+const CLAIM_SQL: &str = "
+    SELECT id, aggregate_id, event_type, channel, payload, traceparent FROM (
+        (SELECT id, aggregate_id, event_type, channel, payload, traceparent, seq FROM outbox
+         WHERE published_at IS NULL AND channel = 'events' ORDER BY seq LIMIT $1)
+        UNION ALL
+        (SELECT id, aggregate_id, event_type, channel, payload, traceparent, seq FROM outbox
+         WHERE published_at IS NULL AND channel = 'alerts' ORDER BY seq LIMIT $1)
+    ) waiting
+    ORDER BY seq LIMIT $1";
+
+/// A batch's claim as PostgreSQL ran it (`EXPLAIN (ANALYZE, FORMAT JSON)`: the read is
+/// made, nothing is locked or changed), with the rows each step read.
+pub async fn explain_claim(pool: &PgPool, batch: i64) -> Result<serde_json::Value, sqlx::Error> {
+    let (plan,): (serde_json::Value,) =
+        sqlx::query_as(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {CLAIM_SQL}"))
+            .bind(batch)
+            .fetch_one(pool)
+            .await?;
+    Ok(plan)
+}
+
 /// An event waiting in the outbox; `aggregate_id` is its wallet (the Kafka key).
+#[derive(sqlx::FromRow)]
 struct Claimed {
     id: Uuid,
     aggregate_id: Uuid,
@@ -158,15 +184,10 @@ impl EventRelay {
         if !mine {
             return Ok(Batch::default());
         }
-        let rows = sqlx::query_as!(
-            Claimed,
-            "SELECT id, aggregate_id, event_type, channel, payload, traceparent FROM outbox
-             WHERE published_at IS NULL AND channel IN ('events', 'alerts')
-             ORDER BY seq LIMIT $1",
-            self.config.outbox_batch_size,
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows: Vec<Claimed> = sqlx::query_as(CLAIM_SQL)
+            .bind(self.config.outbox_batch_size)
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             return Ok(Batch::default());
         }

@@ -531,3 +531,46 @@ async fn topics_created_with_another_retention_are_reported() {
         "{drift:?}"
     );
 }
+
+/// Rows each scan of `plan` (EXPLAIN ANALYZE, JSON) read from `table`.
+fn rows_read_from(plan: &serde_json::Value, table: &str) -> u64 {
+    let own = if plan["Relation Name"] == table {
+        plan["Actual Rows"].as_u64().unwrap_or(0)
+    } else {
+        0
+    };
+    own + plan["Plans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|child| rows_read_from(child, table))
+        .sum::<u64>()
+}
+
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn the_event_relay_reads_one_batch_however_long_the_backlog(pool: PgPool) {
+    // A Kafka outage's backlog: 20,000 events and 2,000 alerts waiting, interleaved in seq
+    // order, beside 5,000 payment requests waiting for RabbitMQ.
+    sqlx::query(
+        "INSERT INTO outbox (id, aggregate_id, event_type, payload, channel)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'payment.finalized', '{}'::jsonb,
+                CASE WHEN g % 11 = 0 THEN 'alerts' WHEN g % 5 = 0 THEN 'payments' ELSE 'events' END
+         FROM generate_series(1, 27500) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE outbox").execute(&pool).await.unwrap();
+
+    let batch = 200;
+    let plan = wallet_service::outbox::relay::explain_claim(&pool, batch)
+        .await
+        .unwrap();
+    let root = &plan[0]["Plan"];
+    assert_eq!(root["Actual Rows"].as_u64(), Some(batch as u64), "{plan:#}");
+    let read = rows_read_from(root, "outbox");
+    assert!(
+        read <= 2 * batch as u64,
+        "a batch of {batch} read {read} waiting rows: {plan:#}"
+    );
+}
