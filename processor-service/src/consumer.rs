@@ -23,7 +23,6 @@ use shared::events::{
 use shared::ids::{EventId, PaymentId};
 use shared::shutdown::Shutdown;
 use shared::status::{FailureReason, Outcome};
-use shared::throttle::LogThrottle;
 use shared::topology::{header_str, AmqpTopology, KafkaTopics};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -244,21 +243,11 @@ impl Processor {
                 }
                 Err(why) => {
                     // Keep the hold; try again later.
-                    static LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
-                    match LOG.admit() {
-                        Some(held_back) => tracing::warn!(
-                            %payment_id,
-                            reason = %why,
-                            held_back,
-                            "charge outcome unknown; payment stays pending and the request is \
-                             requeued (one line per 10 s; held_back more since the last)",
-                        ),
-                        None => tracing::debug!(
-                            %payment_id,
-                            reason = %why,
-                            "charge outcome unknown; payment stays pending and the request is requeued",
-                        ),
-                    }
+                    shared::warn_throttled!(
+                        %payment_id,
+                        reason = %why,
+                        "charge outcome unknown; payment stays pending and the request is requeued",
+                    );
                     requeue(delivery).await;
                 }
             }

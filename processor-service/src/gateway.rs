@@ -8,7 +8,6 @@ use shared::gateway::{
     refund_refusal, ChargeReply, ChargeStatus, RefundReply, RefundRequest, RefundStatus,
 };
 use shared::text::GatewayReference;
-use shared::throttle::LogThrottle;
 use std::time::{Duration, Instant};
 
 /// What the gateway did with a payment, as far as we know.
@@ -244,23 +243,12 @@ impl GatewayClient {
             }
             if attempt + 1 < self.attempts {
                 // Every call fails this way while the gateway is down.
-                static LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
-                match LOG.admit() {
-                    Some(held_back) => tracing::warn!(
-                        idempotency_key = key,
-                        attempt = attempt + 1,
-                        error = %last_error,
-                        held_back,
-                        "gateway call failed; retrying with the same idempotency key (one line \
-                         per 10 s; held_back calls failed since the last)",
-                    ),
-                    None => tracing::debug!(
-                        idempotency_key = key,
-                        attempt = attempt + 1,
-                        error = %last_error,
-                        "gateway call failed; retrying with the same idempotency key",
-                    ),
-                }
+                shared::warn_throttled!(
+                    idempotency_key = key,
+                    attempt = attempt + 1,
+                    error = %last_error,
+                    "gateway call failed; retrying with the same idempotency key",
+                );
             }
         }
         // The caller says what an unknown outcome means for the request (it is requeued).

@@ -7,6 +7,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// How long a line written through [`warn_throttled!`](crate::warn_throttled) holds back
+/// the ones after it.
+pub const PERIOD: Duration = Duration::from_secs(10);
+
+/// `tracing::warn!` at most once per [`PERIOD`] from this call site, with a `held_back`
+/// field counting the lines held back since the last one; those go to `debug` instead, so
+/// one item can still be followed through an outage at debug level.
+#[macro_export]
+macro_rules! warn_throttled {
+    ($($arg:tt)+) => {{
+        static THROTTLE: $crate::throttle::LogThrottle =
+            $crate::throttle::LogThrottle::new($crate::throttle::PERIOD);
+        match THROTTLE.admit() {
+            Some(held_back) => ::tracing::warn!(held_back, $($arg)+),
+            None => ::tracing::debug!($($arg)+),
+        }
+    }};
+}
+
 pub struct LogThrottle {
     period_ms: u64,
     /// Milliseconds since [`epoch`] before which no line goes out (0: the first goes out).

@@ -209,7 +209,9 @@ impl Reconciler {
                 },
             );
             outbox::enqueue(&mut tx, &event, &shared::trace::new_traceparent()).await?;
-            tracing::warn!(
+            // Every pending payment comes here during a gateway outage; the pass's own line
+            // below counts them all.
+            shared::warn_throttled!(
                 payment_id = %o.id,
                 redrive = o.redrive_count + 1,
                 of = p.max_redrives,

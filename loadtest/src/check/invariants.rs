@@ -238,8 +238,7 @@ pub fn gateway_count(before: &Value, after: &Value, succeeded: u64) -> Check {
 
 /// Check 8: The gateway's charge of each final payment agrees with it.
 pub async fn gateway_agrees(ctx: &Ctx, finals: &[Final], gateway: &Value) -> Check {
-    let forgets_before = forgets_before(gateway, Utc::now());
-    let lookups = gateway_disagreements(ctx, finals, forgets_before).await;
+    let lookups = gateway_disagreements(ctx, finals, gateway).await;
     let forgotten = match lookups.forgotten {
         0 => String::new(),
         n => format!(
@@ -267,9 +266,10 @@ pub async fn gateway_agrees(ctx: &Ctx, finals: &[Final], gateway: &Value) -> Che
     )
 }
 
-/// Before when the gateway may have forgotten a charge (`GATEWAY_RETENTION_SECS`, from its
-/// `/v1/stats`): a charge is made after its payment was accepted, and forgotten only once
-/// it is older than the retention, so a payment accepted after this must still be found.
+/// Before when the gateway may have forgotten a charge by `now` (`GATEWAY_RETENTION_SECS`,
+/// from its `/v1/stats`): a charge is made after its payment was accepted, and forgotten
+/// only once it is older than the retention, so a payment accepted after this must still
+/// be found by a look-up made before `now`.
 fn forgets_before(gateway: &Value, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let secs = gateway["retention_secs"].as_i64()?;
     now.checked_sub_signed(chrono::Duration::try_seconds(secs)?)
@@ -284,17 +284,17 @@ struct Lookups {
 /// Looks every final payment up at the gateway by its idempotency key (the payment id):
 /// succeeded ↔ a succeeded charge of the same amount, declined ↔ a declined charge,
 /// any other failure ↔ no charge (or a voided key). A charge not found for a payment
-/// accepted before `forgets_before` was forgotten by the gateway's retention.
-async fn gateway_disagreements(
-    ctx: &Ctx,
-    finals: &[Final],
-    forgets_before: Option<DateTime<Utc>>,
-) -> Lookups {
+/// accepted longer than the gateway's retention before the last look-up was forgotten.
+async fn gateway_disagreements(ctx: &Ctx, finals: &[Final], gateway: &Value) -> Lookups {
     let answers: Vec<(usize, CallResult)> = stream::iter(finals.iter().enumerate())
         .map(|(i, (id, ..))| async move { (i, ctx.api.gateway_charge(id).await) })
         .buffer_unordered(32)
         .collect()
         .await;
+    // Taken after the look-ups, which take a while and during which the gateway goes on
+    // forgetting: from the time of the first one, a payment accepted just inside the
+    // retention could be forgotten by the time its charge is looked up.
+    let forgets_before = forgets_before(gateway, Utc::now());
     let mut lookups = Lookups {
         problems: Vec::new(),
         forgotten: 0,

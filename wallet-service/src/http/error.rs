@@ -3,8 +3,6 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use shared::throttle::LogThrottle;
-use std::time::Duration;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -196,16 +194,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable(e) => {
                 // Every request fails this way while the database is down.
-                static LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
-                match LOG.admit() {
-                    Some(held_back) => tracing::warn!(
-                        error = %e,
-                        held_back,
-                        "request failed: database unavailable (one line per 10 s; held_back \
-                         requests failed the same way since the last)"
-                    ),
-                    None => tracing::debug!(error = %e, "request failed: database unavailable"),
-                }
+                shared::warn_throttled!(error = %e, "request failed: database unavailable")
             }
             _ => {}
         }

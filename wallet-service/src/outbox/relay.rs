@@ -246,7 +246,8 @@ impl EventRelay {
                         published.push(id);
                     }
                     Ok(Err((e, _))) => {
-                        tracing::warn!(
+                        // Every event of every batch while Kafka is down.
+                        shared::warn_throttled!(
                             event_id = %id,
                             event_type,
                             error = %e,
