@@ -5,7 +5,6 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// A simulated card gateway for the processor-service and tests.
 #[derive(Debug, Clone, Parser)]
@@ -55,14 +54,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn retention(&self) -> Duration {
-        Duration::from_secs(self.retention_secs)
-    }
-
-    pub fn retention_interval(&self) -> Duration {
-        Duration::from_secs(self.retention_interval_secs)
-    }
-
     pub fn behaviour(&self) -> Behaviour {
         Behaviour {
             latency_ms: self.latency_ms,

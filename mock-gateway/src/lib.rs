@@ -45,7 +45,12 @@ impl Gateway {
             None => Store::in_memory(),
         };
         let seed = config.seed.unwrap_or_else(|| fastrand::u64(..));
-        tracing::info!(seed, behaviour = ?config.behaviour(), "gateway configured");
+        tracing::info!(
+            seed,
+            behaviour = ?config.behaviour(),
+            retention_secs = config.retention_secs,
+            "gateway configured (charges are forgotten after retention_secs without activity)"
+        );
         Ok(Arc::new(Self {
             store: Arc::new(store),
             behaviour: Mutex::new(config.behaviour()),
@@ -105,8 +110,8 @@ impl Gateway {
     pub fn spawn_retention(&self, config: &Config) -> JoinHandle<()> {
         retention::spawn(
             Arc::clone(&self.store),
-            config.retention(),
-            config.retention_interval(),
+            Duration::from_secs(config.retention_secs),
+            Duration::from_secs(config.retention_interval_secs),
         )
     }
 

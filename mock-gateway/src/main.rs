@@ -9,10 +9,6 @@ async fn main() -> anyhow::Result<()> {
     init_tracing("mock-gateway");
     let metrics = install_metrics();
     let gateway = Gateway::new(&config)?;
-    tracing::info!(
-        retention_secs = config.retention_secs,
-        "charges are forgotten after this long without activity"
-    );
     let retention = gateway.spawn_retention(&config);
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

@@ -8,9 +8,8 @@
 //! the wallet's re-drives, a long outage of the processor). A refund of a forgotten charge
 //! is refused as `charge_not_refundable`.
 
-use crate::store::{lock, DataFile, Keys, Store};
+use crate::store::{lock, write_line, DataFile, Keys, Store};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -141,11 +140,6 @@ impl DataFile {
         };
         File::open(dir)?.sync_all()
     }
-}
-
-fn write_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
-    serde_json::to_writer(&mut *out, record)?;
-    out.write_all(b"\n")
 }
 
 fn compaction_path(path: &Path) -> PathBuf {

@@ -229,8 +229,8 @@ impl Store {
     ) -> io::Result<T> {
         let _file = match &self.file {
             Some(file) => {
-                let mut line = serde_json::to_vec(record)?;
-                line.push(b'\n');
+                let mut line = Vec::new();
+                write_line(&mut line, record)?;
                 let mut file = lock(file);
                 let end = file.file.metadata()?.len();
                 if let Err(e) = file
@@ -252,6 +252,12 @@ impl Store {
         };
         Ok(apply(&mut lock(&self.keys)))
     }
+}
+
+/// One record as a data-file line: its JSON and a newline.
+pub(crate) fn write_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
 }
 
 /// A key reserved by one request; dropping it without [`InFlight::record`] (an unavailable

@@ -444,6 +444,39 @@ async fn a_refund_in_flight_holds_its_key_and_its_amount() {
 }
 
 #[tokio::test]
+async fn retention_keeps_a_charge_whose_refund_is_in_flight() {
+    let (gw, http) = start(None).await;
+    charge(&gw, &http, "busy", 100, "shop").await;
+    // Refunds now take a minute on average (seeded, so the same every run).
+    set_behaviour(&gw, &http, json!({"latency_ms": 60_000})).await;
+    let gw = Arc::new(gw);
+    let slow = {
+        let (gw, http) = (gw.clone(), http.clone());
+        tokio::spawn(async move { refund(&gw, &http, "busy", "re-busy", 30).await })
+    };
+    until("reserved", || async {
+        refund(&gw, &http, "busy", "re-probe", 101).await.2 == exceeds(70)
+    })
+    .await;
+
+    let cutoff = chrono::Utc::now() + chrono::Duration::days(1);
+    let pass = {
+        let gateway = Arc::clone(&gw.gateway);
+        tokio::task::spawn_blocking(move || gateway.forget_before(cutoff))
+            .await
+            .unwrap()
+            .expect("retention pass")
+    };
+    assert_eq!(
+        (pass.forgotten_charges, pass.kept_charges),
+        (0, 1),
+        "{pass:?}"
+    );
+    assert_eq!(get(&gw, &http, "/v1/charges/busy").await.0, StatusCode::OK);
+    slow.abort();
+}
+
+#[tokio::test]
 async fn a_charge_in_flight_is_not_refused_as_unrefundable() {
     let (gw, http) = start(None).await;
     set_behaviour(&gw, &http, json!({"latency_ms": 500})).await;
