@@ -265,7 +265,8 @@ pub async fn follow_primary(pool: PgPool, target: DbTarget) {
                     "PostgreSQL primary is now {host}:{port}; new connections go there",
                 );
             }
-            None => tracing::warn!(
+            // Asked every WATCH_EVERY for as long as the failover takes.
+            None => crate::warn_throttled!(
                 for_ms = started.elapsed().as_millis() as u64,
                 "no PostgreSQL host answers as the primary yet (failover in progress?)",
             ),

@@ -221,8 +221,11 @@ impl KafkaTopics {
     /// Creates the topics if they do not exist yet (brokers need not auto-create topics),
     /// and warns about those that exist with another `retention.ms`: a topic's
     /// configuration is set when it is created, and a later start with another
-    /// `KAFKA_RETENTION_MS` does not change it.
+    /// `KAFKA_RETENTION_MS` does not change it. The check runs once per process, which
+    /// creates the topics from each of its Kafka tasks.
     pub async fn create(&self, brokers: &str) -> anyhow::Result<()> {
+        static RETENTION_CHECKED: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
         let admin: AdminClient<DefaultClientContext> = kafka_config(brokers).create()?;
         let retention = self.retention_ms.to_string();
         let topics = self.all().map(|(name, partitions)| {
@@ -236,6 +239,9 @@ impl KafkaTopics {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => anyhow::bail!("could not create Kafka topic {name}: {code}"),
             }
+        }
+        if RETENTION_CHECKED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
         }
         match self.retention_drift(&admin).await {
             Ok(drift) if drift.is_empty() => {}

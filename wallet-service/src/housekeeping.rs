@@ -35,6 +35,10 @@ pub fn describe_metrics() {
         "Rows deleted by housekeeping, by table."
     );
     metrics::describe_gauge!(
+        "outbox_parked_events",
+        "Events Kafka refused for good, parked in outbox_parked until an operator requeues them."
+    );
+    metrics::describe_gauge!(
         "table_rows_estimate",
         "Rows in the tables that grow with traffic (PostgreSQL's estimate), by table."
     );
@@ -115,6 +119,13 @@ async fn export_gauges(pool: &PgPool) {
             metrics::gauge!("outbox_backlog", "channel" => channel.clone()).set(count as f64);
             metrics::gauge!("outbox_oldest_unpublished_age_seconds", "channel" => channel).set(age);
         }
+    }
+    // Exact: each parked event needs an operator. The table holds only those.
+    if let Ok(parked) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_parked")
+        .fetch_one(pool)
+        .await
+    {
+        metrics::gauge!("outbox_parked_events").set(parked as f64);
     }
     let sizes: Result<Vec<(String, f64)>, _> = sqlx::query_as(
         "SELECT relname::text, GREATEST(reltuples, 0)::float8 FROM pg_class

@@ -44,14 +44,19 @@ enum Command {
         db: DbConfig,
     },
     /// List what needs an operator: pending payments and refunds the reconciler gave up on,
-    /// and results that contradict a payment's final status. With a flag, act on one of them.
+    /// results that contradict a payment's final status, and events Kafka refused for good.
+    /// With a flag, act on one of them.
     Review {
         /// Give this flagged payment or refund a fresh re-drive budget (the gateway is back).
-        #[arg(long, value_name = "PAYMENT_OR_REFUND_ID", conflicts_with = "resolve")]
+        #[arg(long, value_name = "PAYMENT_OR_REFUND_ID", group = "action")]
         redrive: Option<uuid::Uuid>,
         /// Mark this contradicting result (its event id) as settled.
-        #[arg(long, value_name = "EVENT_ID")]
+        #[arg(long, value_name = "EVENT_ID", group = "action")]
         resolve: Option<uuid::Uuid>,
+        /// Put this parked event back in the outbox, behind the events waiting there (once
+        /// Kafka can take it: a larger `message.max.bytes`, say).
+        #[arg(long, value_name = "EVENT_ID", group = "action")]
+        requeue_event: Option<uuid::Uuid>,
         /// At most this many lines of each list.
         #[arg(long, default_value_t = 100)]
         limit: i64,
@@ -139,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Review {
             redrive,
             resolve,
+            requeue_event,
             limit,
             db,
         } => {
@@ -160,6 +166,10 @@ async fn main() -> anyhow::Result<()> {
                 let done = wallet_service::review::resolve_conflict(&pool, id).await?;
                 anyhow::ensure!(done, "no open conflict for event {id}");
                 println!("conflict {id}: marked resolved");
+            } else if let Some(id) = requeue_event {
+                let done = wallet_service::review::requeue_event(&pool, id).await?;
+                anyhow::ensure!(done, "no parked event {id}");
+                println!("event {id}: back in the outbox; the event relay sends it next");
             } else {
                 print!("{}", wallet_service::review::report(&pool, limit).await?);
             }

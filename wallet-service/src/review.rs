@@ -1,7 +1,8 @@
 //! `wallet-service review`: what needs an operator. Payments and refunds the reconciler gave
 //! up on (still pending after their re-drive budget: a payment's funds held, a refund's
-//! amount reserved) and results that contradict a payment's final status. Each line says
-//! what to check; the actions are explicit flags.
+//! amount reserved), results that contradict a payment's final status, and events for other
+//! systems that Kafka refused for good. Each line says what to check; the actions are
+//! explicit flags.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -39,6 +40,16 @@ pub struct OpenConflict {
     pub reported_reason: Option<String>,
     pub reported_reference: Option<String>,
     pub detected_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct ParkedEvent {
+    pub id: Uuid,
+    pub wallet_id: Uuid,
+    pub event_type: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+    pub reason: String,
 }
 
 /// Pending payments flagged by the reconciler, oldest first (at most `limit`).
@@ -82,6 +93,39 @@ pub async fn open_conflicts(pool: &PgPool, limit: i64) -> Result<Vec<OpenConflic
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// Events the relay parked, oldest first (at most `limit`).
+pub async fn parked_events(pool: &PgPool, limit: i64) -> Result<Vec<ParkedEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, aggregate_id AS wallet_id, event_type, created_at, parked_at, reason
+         FROM outbox_parked ORDER BY parked_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Moves a parked event back into the outbox, at the end of the line (a new `seq`), and
+/// wakes the relays. False when no event with this id is parked.
+pub async fn requeue_event(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "WITH moved AS (DELETE FROM outbox_parked WHERE id = $1 RETURNING *)
+         INSERT INTO outbox (id, aggregate_id, event_type, channel, payload, traceparent, created_at)
+         SELECT id, aggregate_id, event_type, channel, payload, traceparent, created_at FROM moved",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // An operator's one-off: the notification's commit-time lock costs nothing here.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(crate::outbox::Channel::Events.notify_channel())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(moved == 1)
 }
 
 /// What `--redrive ID` reset.
@@ -141,6 +185,7 @@ pub async fn report(pool: &PgPool, limit: i64) -> Result<String, sqlx::Error> {
     let stuck = needing_attention(pool, limit).await?;
     let refunds = refunds_needing_attention(pool, limit).await?;
     let conflicts = open_conflicts(pool, limit).await?;
+    let parked = parked_events(pool, limit).await?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -201,6 +246,18 @@ pub async fn report(pool: &PgPool, limit: i64) -> Result<String, sqlx::Error> {
             c.reported_reference.as_deref().unwrap_or("-"),
             c.detected_at,
             c.event_id
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} event(s) Kafka refused for good (parked; consumers have not seen them):",
+        parked.len()
+    );
+    for e in &parked {
+        let _ = writeln!(
+            out,
+            "  {} {} of wallet {} written {} parked {}: {}\n    fix the cause, then `wallet-service review --requeue-event {}`",
+            e.event_type, e.id, e.wallet_id, e.created_at, e.parked_at, e.reason, e.id
         );
     }
     Ok(out)

@@ -5,10 +5,13 @@
 //! order, so one wallet's events reach their partition (key = wallet id) in the order its
 //! changes committed. A row is marked published only after Kafka acknowledged it (`acks=all`)
 //! and in the transaction holding the claim; a crash in between sends it again, with the same
-//! `event_id`, which is what consumers dedupe on.
+//! `event_id`, which is what consumers dedupe on. An event Kafka refuses for good (too
+//! large, invalid) is moved to `outbox_parked` instead of holding up every event behind it;
+//! an operator requeues it with `wallet-service review`.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
 use crate::outbox::{Batch, Channel, Chime, Next, Wakeup};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::backoff::Backoff;
 use shared::shutdown::Shutdown;
@@ -42,6 +45,10 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "events_publish_failures_total",
         "Events Kafka did not acknowledge (sent again later)."
+    );
+    metrics::describe_counter!(
+        "events_parked_total",
+        "Events Kafka refused for good, moved to outbox_parked for an operator."
     );
     metrics::describe_histogram!(
         "events_publish_batch_duration_seconds",
@@ -203,59 +210,70 @@ impl EventRelay {
             rounds_by_wallet(&rows)
         };
         let mut published = Vec::with_capacity(rows.len());
+        let mut parked: Vec<(Uuid, String)> = Vec::new();
         let mut failed = 0u64;
         for round in rounds {
-            let mut deliveries = Vec::with_capacity(round.len());
-            for Claimed {
-                id,
-                aggregate_id: wallet_id,
-                event_type,
-                channel,
-                payload,
-                traceparent,
-            } in round
-            {
-                let body = serde_json::to_vec(payload).expect("a JSON value serializes");
-                let (key, event_id) = (wallet_id.to_string(), id.to_string());
-                let mut headers =
-                    vec![("event_type", event_type.as_str()), ("event_id", &event_id)];
-                if let Some(t) = traceparent {
+            let mut sent = Vec::with_capacity(round.len());
+            for row in round {
+                let body = serde_json::to_vec(&row.payload).expect("a JSON value serializes");
+                let (key, event_id) = (row.aggregate_id.to_string(), row.id.to_string());
+                let mut headers = vec![
+                    ("event_type", row.event_type.as_str()),
+                    ("event_id", &event_id),
+                ];
+                if let Some(t) = &row.traceparent {
                     headers.push(("traceparent", t));
                 }
-                let record = FutureRecord::to(self.topic(channel))
+                let record = FutureRecord::to(self.topic(&row.channel))
                     .key(&key)
                     .payload(&body)
                     .headers(shared::kafka::headers(headers));
                 // Queue the round first, then wait: one round of acknowledgements.
-                let delivery = self
-                    .producer
-                    .send_result(record)
-                    .map_err(|(e, _)| anyhow::anyhow!("queueing an event for Kafka: {e}"))?;
-                deliveries.push((*id, channel.as_str(), event_type.as_str(), delivery));
+                sent.push((row, self.producer.send_result(record).map_err(|(e, _)| e)));
             }
-            // Only the rows before the first failure are marked: the rest are sent again
-            // after it, so a wallet's later event is never marked while an earlier one is
-            // still owed; and no later round is sent.
-            for (id, channel, event_type, delivery) in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) if failed > 0 => {}
-                    Ok(Ok(_)) => {
-                        let topic = self.topic(channel).to_owned();
-                        metrics::counter!("events_published_total", "topic" => topic).increment(1);
-                        tracing::debug!(event_id = %id, event_type, "event published");
-                        published.push(id);
-                    }
-                    Ok(Err((e, _))) => {
+            // Rows are settled in order up to the first failure that a later attempt may
+            // cure: the rest are sent again after it, so a wallet's later event is never
+            // marked while an earlier one is still owed; and no later round is sent. A row
+            // Kafka refuses for good is parked, and counts as settled.
+            for (row, queued) in sent {
+                let delivered = match queued {
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(_)) => Delivered::Acked,
+                        Ok(Err((e, _))) => e.into(),
+                        Err(_) => Delivered::Failed("the delivery report was lost".into()),
+                    },
+                    Err(e) => e.into(),
+                };
+                match delivered {
+                    Delivered::Failed(error) => {
                         // Every event of every batch while Kafka is down.
                         shared::warn_throttled!(
-                            event_id = %id,
-                            event_type,
-                            error = %e,
+                            event_id = %row.id,
+                            event_type = row.event_type,
+                            error = %error,
                             "Kafka did not acknowledge an event; it will be sent again",
                         );
                         failed += 1;
                     }
-                    Err(_) => failed += 1,
+                    // Sent again after the failure before it.
+                    _ if failed > 0 => {}
+                    Delivered::Acked => {
+                        let topic = self.topic(&row.channel).to_owned();
+                        metrics::counter!("events_published_total", "topic" => topic).increment(1);
+                        tracing::debug!(event_id = %row.id, event_type = row.event_type, "event published");
+                        published.push(row.id);
+                    }
+                    Delivered::RefusedForGood(error) => {
+                        tracing::error!(
+                            event_id = %row.id,
+                            event_type = row.event_type,
+                            wallet_id = %row.aggregate_id,
+                            error = %error,
+                            "Kafka refused an event for good; it is parked for an operator \
+                             (wallet-service review) and the events behind it go on",
+                        );
+                        parked.push((row.id, error));
+                    }
                 }
             }
             if failed > 0 {
@@ -268,9 +286,15 @@ impl EventRelay {
         )
         .execute(&mut *tx)
         .await?;
+        if !parked.is_empty() {
+            park(&mut tx, &parked).await?;
+        }
         tx.commit().await?;
         metrics::histogram!("events_publish_batch_duration_seconds")
             .record(start.elapsed().as_secs_f64());
+        if !parked.is_empty() {
+            metrics::counter!("events_parked_total").increment(parked.len() as u64);
+        }
         if failed > 0 {
             metrics::counter!("events_publish_failures_total").increment(failed);
             anyhow::bail!("{failed} of {} events were not acknowledged", rows.len());
@@ -280,6 +304,51 @@ impl EventRelay {
             refused: 0,
         })
     }
+}
+
+/// What Kafka did with one event.
+enum Delivered {
+    Acked,
+    /// The record itself is what Kafka refuses (too large for the producer or the broker,
+    /// invalid): no retry can cure it.
+    RefusedForGood(String),
+    /// Anything a later attempt may cure: the broker down, a full local queue, a timeout. A
+    /// missing topic or a denied authorization is here too: it concerns every event, and
+    /// parking them all would empty the stream instead of waiting for the fix.
+    Failed(String),
+}
+
+impl From<KafkaError> for Delivered {
+    fn from(e: KafkaError) -> Self {
+        match e.rdkafka_error_code() {
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord,
+            ) => Self::RefusedForGood(e.to_string()),
+            _ => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Moves refused events from the outbox to `outbox_parked`, each with Kafka's reason.
+async fn park(tx: &mut sqlx::PgConnection, parked: &[(Uuid, String)]) -> Result<(), sqlx::Error> {
+    let (ids, reasons): (Vec<Uuid>, Vec<String>) = parked.iter().cloned().unzip();
+    sqlx::query(
+        "WITH refused (id, reason) AS (SELECT * FROM unnest($1::uuid[], $2::text[])),
+              moved AS (DELETE FROM outbox o USING refused r WHERE o.id = r.id
+                        RETURNING o.id, o.aggregate_id, o.event_type, o.channel, o.payload,
+                                  o.traceparent, o.created_at, r.reason)
+         INSERT INTO outbox_parked (id, aggregate_id, event_type, channel, payload,
+                                    traceparent, created_at, reason)
+         SELECT id, aggregate_id, event_type, channel, payload, traceparent, created_at, reason
+         FROM moved",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// Splits rows (in `seq` order) into rounds: round `n` holds each wallet's `n`th row, in
@@ -327,5 +396,41 @@ mod tests {
             .map(|r| r.into_iter().map(|x| x.1).collect())
             .collect();
         assert_eq!(rounds, vec![vec![1, 2], vec![3, 5], vec![4]]);
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_record_itself_parks_an_event() {
+        use RDKafkaErrorCode as C;
+        let parks = |code| {
+            matches!(
+                Delivered::from(KafkaError::MessageProduction(code)),
+                Delivered::RefusedForGood(_)
+            )
+        };
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidMessageSize,
+            C::InvalidRecord,
+        ] {
+            assert!(parks(code), "{code:?}");
+        }
+        // An outage, a full local queue, a missing topic or a denied authorization concerns
+        // every event: retried, never parked.
+        for code in [
+            C::AllBrokersDown,
+            C::QueueFull,
+            C::MessageTimedOut,
+            C::RequestTimedOut,
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+            C::NotEnoughReplicas,
+            C::InvalidMessage,
+        ] {
+            assert!(!parks(code), "{code:?}");
+        }
+        assert!(!matches!(
+            Delivered::from(KafkaError::Canceled),
+            Delivered::RefusedForGood(_)
+        ));
     }
 }

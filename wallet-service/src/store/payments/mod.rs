@@ -138,12 +138,13 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Payment
     list_query("", f).build_query_as().fetch_all(conn).await
 }
 
-/// The plan PostgreSQL picks for [`list`] (`EXPLAIN (FORMAT JSON)`).
+/// The plan PostgreSQL runs for [`list`] (`EXPLAIN (ANALYZE, FORMAT JSON)`: the read is
+/// made), with the rows each step read.
 pub async fn explain_list(
     conn: &mut PgConnection,
     f: &ListFilter,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let (plan,) = list_query("EXPLAIN (FORMAT JSON)", f)
+    let (plan,) = list_query("EXPLAIN (ANALYZE, FORMAT JSON)", f)
         .build_query_as::<(serde_json::Value,)>()
         .fetch_one(conn)
         .await?;

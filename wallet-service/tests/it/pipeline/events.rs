@@ -272,6 +272,119 @@ async fn events_announced_within_the_linger_share_one_batch(pool: PgPool) {
     api.stop().await;
 }
 
+/// An event Kafka refuses for good (here larger than the producer's `message.max.bytes`,
+/// 1,000,000 bytes by default) is parked with Kafka's reason instead of being offered again
+/// forever, and the events behind it, of the same wallet too, go on. Requeued by an
+/// operator while the cause stands, it is refused and parked again, holding up nothing.
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn an_event_kafka_refuses_for_good_is_parked_and_the_events_behind_it_go_on(pool: PgPool) {
+    let api = spawn(pool.clone(), Opts::default()).await;
+    let wallet = api.create_wallet("alice", "EUR").await;
+    let wallet_id: uuid::Uuid = wallet.parse().unwrap();
+    api.deposit(&wallet, 1_000, "EUR").await;
+    let poison = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO outbox (id, aggregate_id, event_type, channel, payload)
+         VALUES ($1, $2, 'wallet.deposited', 'events',
+                 jsonb_build_object('padding', repeat('x', 1100000)))",
+    )
+    .bind(poison)
+    .bind(wallet_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    api.deposit(&wallet, 2_000, "EUR").await;
+
+    let producer = shared::kafka::producer(&kafka_brokers()).unwrap();
+    let relay = wallet_service::outbox::relay::EventRelay::new(
+        pool.clone(),
+        producer,
+        &broker_config(&api.prefix),
+        dispatcher_config(),
+    );
+    let (trigger, shutdown) = shared::shutdown::channel();
+    let task = tokio::spawn(relay.run(shutdown));
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM outbox WHERE channel = 'events' AND published_at IS NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let parked = || async {
+        sqlx::query_as::<
+            _,
+            (
+                uuid::Uuid,
+                uuid::Uuid,
+                String,
+                chrono::DateTime<chrono::Utc>,
+            ),
+        >("SELECT id, aggregate_id, reason, parked_at FROM outbox_parked")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    eventually("nothing left waiting", DEADLINE, || async {
+        (waiting().await == 0).then_some(())
+    })
+    .await;
+    let first = parked().await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (id, of_wallet, reason, first_parked_at) = first[0].clone();
+    assert_eq!((id, of_wallet), (poison, wallet_id));
+    assert!(reason.contains("MessageSizeTooLarge"), "{reason}");
+    let published: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE channel = 'events' AND published_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(published, 2, "both deposits' events marked published");
+
+    // On Kafka: both deposits, in the order they were made; not the parked event.
+    let topics = KafkaTopics::with_prefix(&api.prefix);
+    let amounts: Vec<i64> = read_topics(&[&topics.events])
+        .await
+        .into_iter()
+        .map(|(key, event, _)| {
+            assert_eq!(key, wallet);
+            assert_ne!(event["event_id"], poison.to_string());
+            event["deposit"]["amount"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(amounts, [1_000, 2_000]);
+
+    let report = wallet_service::review::report(&pool, 10).await.unwrap();
+    assert!(
+        report.contains(&format!("--requeue-event {poison}")),
+        "{report}"
+    );
+    assert!(wallet_service::review::requeue_event(&pool, poison)
+        .await
+        .unwrap());
+    let again = eventually("parked again", DEADLINE, || async {
+        let rows = parked().await;
+        rows.first()
+            .is_some_and(|r| r.3 > first_parked_at)
+            .then_some(rows)
+    })
+    .await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(waiting().await, 0);
+    // An id that is not parked is refused.
+    assert!(
+        !wallet_service::review::requeue_event(&pool, uuid::Uuid::new_v4())
+            .await
+            .unwrap()
+    );
+
+    trigger.fire();
+    task.await.unwrap();
+    api.stop().await;
+}
+
 /// Fifteen payments across the wallets: a third large, a fifth declined.
 async fn traffic(
     api: &TestApp,

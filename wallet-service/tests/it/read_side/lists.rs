@@ -269,3 +269,77 @@ async fn read_queries_use_their_indexes(pool: PgPool) {
         }
     }
 }
+
+/// Rows a plan read from `table`: those its scans returned plus those their filters threw
+/// away.
+fn rows_read_from(plan: &Value, table: &str) -> u64 {
+    nodes(&plan[0]["Plan"])
+        .into_iter()
+        .filter(|n| n["Relation Name"] == table)
+        .map(|n| {
+            n["Actual Rows"].as_u64().unwrap_or(0)
+                + n["Rows Removed by Filter"].as_u64().unwrap_or(0)
+        })
+        .sum()
+}
+
+/// An operator's list by a status that is rare in the history reads its page, not every
+/// newer payment: three pending payments (flagged ones are the oldest pending) and three
+/// failed ones, two days old, under 20,000 succeeded payments of the last day.
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_list_by_a_rare_status_reads_its_page_not_the_history(pool: PgPool) {
+    let wallet = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO wallets (id, owner_id, currency, available, held)
+         VALUES ($1, 'alice', 'EUR', 1000000, 300)",
+    )
+    .bind(wallet)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO payments (id, wallet_id, owner_id, amount, currency, merchant_id, status,
+                               failure_reason, created_at, finalized_at)
+         SELECT gen_random_uuid(), $1, 'alice', 100, 'EUR', 'shop', s.status,
+                CASE WHEN s.status = 'failed' THEN 'declined' END,
+                now() - interval '2 days' - make_interval(secs => g),
+                CASE WHEN s.status <> 'pending' THEN now() END
+         FROM (VALUES ('pending'), ('failed')) s(status), generate_series(1, 3) g
+         UNION ALL
+         SELECT gen_random_uuid(), $1, 'alice', 100, 'EUR', 'shop', 'succeeded', NULL,
+                now() - make_interval(secs => g), now()
+         FROM generate_series(1, 20000) g",
+    )
+    .bind(wallet)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE payments")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let mut conn = pool.acquire().await.unwrap();
+    for status in [
+        shared::status::PaymentStatus::Pending,
+        shared::status::PaymentStatus::Failed,
+    ] {
+        let filter = ListFilter {
+            owner_id: None,
+            wallet_id: None,
+            status: Some(status),
+            window: Window::default(),
+            after: None,
+            limit: 21,
+        };
+        let plan = wallet_service::store::payments::explain_list(&mut conn, &filter)
+            .await
+            .unwrap();
+        assert_eq!(plan[0]["Plan"]["Actual Rows"].as_u64(), Some(3), "{plan:#}");
+        let read = rows_read_from(&plan, "payments");
+        assert!(
+            read <= 21,
+            "listing {status:?} payments read {read} rows: {plan:#}"
+        );
+    }
+}
