@@ -1,7 +1,7 @@
--- Events for other systems that Kafka refuses for good (larger than the producer or the
--- broker accepts, a record the broker calls invalid). The event relay moves such a row here
--- instead of offering it again forever, so the events behind it go on; it stays here, out
--- of the pruner's reach, until an operator requeues it (`wallet-service review`).
+-- Events for other systems that the Kafka producer refuses for good (larger than its
+-- message.max.bytes). The event relay moves such a row here instead of offering it again
+-- forever, so the events behind it go on; it stays here, out of the pruner's reach, until
+-- an operator requeues it (`wallet-service review`).
 CREATE TABLE outbox_parked (
     id            uuid PRIMARY KEY,
     aggregate_id  uuid        NOT NULL,

@@ -221,8 +221,8 @@ impl KafkaTopics {
     /// Creates the topics if they do not exist yet (brokers need not auto-create topics),
     /// and warns about those that exist with another `retention.ms`: a topic's
     /// configuration is set when it is created, and a later start with another
-    /// `KAFKA_RETENTION_MS` does not change it. The check runs once per process, which
-    /// creates the topics from each of its Kafka tasks.
+    /// `KAFKA_RETENTION_MS` does not change it. The check runs until it succeeds once per
+    /// process, which creates the topics from each of its Kafka tasks.
     pub async fn create(&self, brokers: &str) -> anyhow::Result<()> {
         static RETENTION_CHECKED: std::sync::atomic::AtomicBool =
             std::sync::atomic::AtomicBool::new(false);
@@ -240,10 +240,12 @@ impl KafkaTopics {
                 Err((name, code)) => anyhow::bail!("could not create Kafka topic {name}: {code}"),
             }
         }
-        if RETENTION_CHECKED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if RETENTION_CHECKED.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        match self.retention_drift(&admin).await {
+        let checked = self.retention_drift(&admin).await;
+        RETENTION_CHECKED.store(checked.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        match checked {
             Ok(drift) if drift.is_empty() => {}
             Ok(drift) => tracing::warn!(
                 topics = %drift.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),

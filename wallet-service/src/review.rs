@@ -106,14 +106,16 @@ pub async fn parked_events(pool: &PgPool, limit: i64) -> Result<Vec<ParkedEvent>
     .await
 }
 
-/// Moves a parked event back into the outbox, at the end of the line (a new `seq`), and
-/// wakes the relays. False when no event with this id is parked.
+/// Moves a parked event back into the outbox, at the end of the line (a new `seq`, and
+/// `created_at` now, so the outbox lag gauges measure its new wait, not its age), and wakes
+/// the relays. False when no event with this id is parked. The event keeps its `event_id`
+/// and its payload's `occurred_at`.
 pub async fn requeue_event(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
         "WITH moved AS (DELETE FROM outbox_parked WHERE id = $1 RETURNING *)
-         INSERT INTO outbox (id, aggregate_id, event_type, channel, payload, traceparent, created_at)
-         SELECT id, aggregate_id, event_type, channel, payload, traceparent, created_at FROM moved",
+         INSERT INTO outbox (id, aggregate_id, event_type, channel, payload, traceparent)
+         SELECT id, aggregate_id, event_type, channel, payload, traceparent FROM moved",
     )
     .bind(id)
     .execute(&mut *tx)

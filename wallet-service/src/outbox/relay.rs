@@ -5,9 +5,9 @@
 //! order, so one wallet's events reach their partition (key = wallet id) in the order its
 //! changes committed. A row is marked published only after Kafka acknowledged it (`acks=all`)
 //! and in the transaction holding the claim; a crash in between sends it again, with the same
-//! `event_id`, which is what consumers dedupe on. An event Kafka refuses for good (too
-//! large, invalid) is moved to `outbox_parked` instead of holding up every event behind it;
-//! an operator requeues it with `wallet-service review`.
+//! `event_id`, which is what consumers dedupe on. An event the producer refuses for good
+//! (larger than its `message.max.bytes`) is moved to `outbox_parked` instead of holding up
+//! every event behind it; an operator requeues it with `wallet-service review`.
 
 use crate::config::{BrokerConfig, DispatcherConfig};
 use crate::outbox::{Batch, Channel, Chime, Next, Wakeup};
@@ -144,7 +144,8 @@ impl EventRelay {
             match self.publish_batch().await {
                 Ok(batch) => {
                     failures = 0;
-                    // A refused event fails the batch (the arm below), so never BackOff here.
+                    // An event Kafka will not take fails the batch (the arm below) or is
+                    // parked, so never BackOff here.
                     if batch.next(self.config.outbox_batch_size) == Next::Again {
                         continue;
                     }
@@ -229,7 +230,19 @@ impl EventRelay {
                     .payload(&body)
                     .headers(shared::kafka::headers(headers));
                 // Queue the round first, then wait: one round of acknowledgements.
-                sent.push((row, self.producer.send_result(record).map_err(|(e, _)| e)));
+                match self.producer.send_result(record) {
+                    Ok(delivery) => sent.push((row, Ok(delivery))),
+                    Err((e, _)) => {
+                        let refused = Delivered::refused_at_enqueue(e);
+                        let stop = matches!(refused, Delivered::Failed(_));
+                        sent.push((row, Err(refused)));
+                        // Queueing what follows (with the idempotent producer, a wallet's
+                        // later events) would let it overtake this one.
+                        if stop {
+                            break;
+                        }
+                    }
+                }
             }
             // Rows are settled in order up to the first failure that a later attempt may
             // cure: the rest are sent again after it, so a wallet's later event is never
@@ -239,10 +252,10 @@ impl EventRelay {
                 let delivered = match queued {
                     Ok(delivery) => match delivery.await {
                         Ok(Ok(_)) => Delivered::Acked,
-                        Ok(Err((e, _))) => e.into(),
+                        Ok(Err((e, _))) => Delivered::Failed(e.to_string()),
                         Err(_) => Delivered::Failed("the delivery report was lost".into()),
                     },
-                    Err(e) => e.into(),
+                    Err(refused) => refused,
                 };
                 match delivered {
                     Delivered::Failed(error) => {
@@ -309,8 +322,7 @@ impl EventRelay {
 /// What Kafka did with one event.
 enum Delivered {
     Acked,
-    /// The record itself is what Kafka refuses (too large for the producer or the broker,
-    /// invalid): no retry can cure it.
+    /// The producer will never take the record: it is larger than `message.max.bytes`.
     RefusedForGood(String),
     /// Anything a later attempt may cure: the broker down, a full local queue, a timeout. A
     /// missing topic or a denied authorization is here too: it concerns every event, and
@@ -318,14 +330,15 @@ enum Delivered {
     Failed(String),
 }
 
-impl From<KafkaError> for Delivered {
-    fn from(e: KafkaError) -> Self {
+impl Delivered {
+    /// An error from queueing one record. Only the producer's own size check speaks of that
+    /// record alone. A broker's refusal (in a delivery report) is never taken as final: the
+    /// broker refuses a whole batch of records at once (a topic's `max.message.bytes` below
+    /// the batch), which librdkafka does not split, so small events sent with a large one
+    /// would be parked with it. Those are retried, and the outbox lag alerts say so.
+    fn refused_at_enqueue(e: KafkaError) -> Self {
         match e.rdkafka_error_code() {
-            Some(
-                RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidRecord,
-            ) => Self::RefusedForGood(e.to_string()),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => Self::RefusedForGood(e.to_string()),
             _ => Self::Failed(e.to_string()),
         }
     }
@@ -399,38 +412,30 @@ mod tests {
     }
 
     #[test]
-    fn only_a_refusal_of_the_record_itself_parks_an_event() {
+    fn only_the_producers_size_check_parks_an_event() {
         use RDKafkaErrorCode as C;
         let parks = |code| {
             matches!(
-                Delivered::from(KafkaError::MessageProduction(code)),
+                Delivered::refused_at_enqueue(KafkaError::MessageProduction(code)),
                 Delivered::RefusedForGood(_)
             )
         };
+        assert!(parks(C::MessageSizeTooLarge));
+        // A full local queue, an unknown topic or partition, anything else: retried.
         for code in [
-            C::MessageSizeTooLarge,
-            C::InvalidMessageSize,
-            C::InvalidRecord,
-        ] {
-            assert!(parks(code), "{code:?}");
-        }
-        // An outage, a full local queue, a missing topic or a denied authorization concerns
-        // every event: retried, never parked.
-        for code in [
-            C::AllBrokersDown,
             C::QueueFull,
-            C::MessageTimedOut,
-            C::RequestTimedOut,
+            C::UnknownTopic,
+            C::UnknownPartition,
             C::UnknownTopicOrPartition,
             C::TopicAuthorizationFailed,
-            C::NotEnoughReplicas,
-            C::InvalidMessage,
+            C::InvalidArgument,
+            C::InvalidRecord,
         ] {
             assert!(!parks(code), "{code:?}");
         }
-        assert!(!matches!(
-            Delivered::from(KafkaError::Canceled),
-            Delivered::RefusedForGood(_)
+        assert!(matches!(
+            Delivered::refused_at_enqueue(KafkaError::Canceled),
+            Delivered::Failed(_)
         ));
     }
 }
