@@ -219,7 +219,7 @@ pub async fn start_with_pool(
     // Migrations need the database; retry for a while so start order does not matter.
     let mut tries = 0;
     loop {
-        match crate::MIGRATOR.run(&pool).await {
+        match crate::migrate(&pool).await {
             Ok(()) => break,
             Err(e) if tries < 30 => {
                 tries += 1;

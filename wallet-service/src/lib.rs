@@ -26,3 +26,19 @@ pub mod store;
 
 /// The migrations in `migrations/`, embedded so the binary can apply them itself.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Applies [`MIGRATOR`] on a connection of its own, without the service's statement and lock
+/// timeouts, which are sized for requests: an index built `CONCURRENTLY` over a large table
+/// runs as long as it needs and waits for the transactions in flight without blocking them
+/// (under the service's timeouts, it was cancelled and left an invalid index). Migrations that
+/// take exclusive locks set their own `lock_timeout`. The connection is closed afterwards, not
+/// handed back to the pool with those settings.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    use sqlx::Executor;
+    let mut conn = pool.acquire().await?;
+    conn.execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await?;
+    let applied = MIGRATOR.run_direct(&mut *conn).await;
+    let _ = conn.close().await;
+    applied
+}

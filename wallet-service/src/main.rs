@@ -118,8 +118,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Import { file, db } => {
             let pool = wallet_service::app::connect_db(&db).await?;
-            wallet_service::MIGRATOR
-                .run(&pool)
+            wallet_service::migrate(&pool)
                 .await
                 .context("applying migrations")?;
             let start = std::time::Instant::now();
@@ -178,8 +177,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(db) => {
             shared::telemetry::init_tracing("wallet-service");
             let pool = wallet_service::app::connect_db(&db).await?;
-            wallet_service::MIGRATOR
-                .run(&pool)
+            wallet_service::migrate(&pool)
                 .await
                 .context("applying migrations")?;
             tracing::info!("migrations applied");

@@ -187,12 +187,18 @@ pub async fn transactions(
     let mut conn = state.db.acquire().await?;
     let wallet = visible_wallet(&mut conn, &principal, &id).await?;
     let limit = parse_limit(&q)?;
+    let wallet_id = WalletId(wallet.id);
     let before = match q.get("cursor") {
         None => None,
-        Some(c) => Some(
-            cursor::decode_seq(c)
-                .ok_or_else(|| ApiError::Validation("`cursor` is not a valid cursor".into()))?,
-        ),
+        Some(c) => {
+            let invalid = || ApiError::Validation("`cursor` is not a valid cursor".into());
+            let seq = cursor::decode_seq(c).ok_or_else(invalid)?;
+            Some(
+                ledger::position(&mut conn, wallet_id, seq)
+                    .await?
+                    .ok_or_else(invalid)?,
+            )
+        }
     };
     let kind = q
         .get("kind")
@@ -205,7 +211,7 @@ pub async fn transactions(
         })
         .transpose()?;
     let filter = PageFilter {
-        wallet_id: WalletId(wallet.id),
+        wallet_id,
         kind,
         window: parse_window(&q)?,
         before,

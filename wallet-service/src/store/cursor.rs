@@ -31,7 +31,7 @@ impl TimeCursor {
     }
 }
 
-/// Keyset position in a wallet's ledger (ordered by sequence number, newest first).
+/// A wallet's ledger entry, by sequence number: where a page of transactions ended.
 pub fn encode_seq(seq: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("seq|{seq}"))
 }

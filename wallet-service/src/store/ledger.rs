@@ -96,15 +96,41 @@ pub async fn append(conn: &mut PgConnection, e: NewEntry<'_>) -> Result<Entry, s
     .await
 }
 
+/// Where a page of a wallet's entries ends: the last entry a client was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub created_at: DateTime<Utc>,
+    pub seq: i64,
+}
+
+/// The position of the entry with sequence number `seq` in the wallet's ledger; `None` when
+/// the wallet has no such entry. Cursors carry the sequence number alone (so cursors handed
+/// out before the list was ordered by time still work); this finds its place by time.
+pub async fn position(
+    conn: &mut PgConnection,
+    wallet_id: WalletId,
+    seq: i64,
+) -> Result<Option<Position>, sqlx::Error> {
+    let row: Option<(DateTime<Utc>,)> =
+        sqlx::query_as("SELECT created_at FROM ledger_entries WHERE seq = $1 AND wallet_id = $2")
+            .bind(seq)
+            .bind(wallet_id.0)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|(created_at,)| Position { created_at, seq }))
+}
+
 pub struct PageFilter {
     pub wallet_id: WalletId,
     pub kind: Option<EntryKind>,
     pub window: Window,
-    /// Only entries before this sequence number (the cursor).
-    pub before: Option<i64>,
+    /// Only entries older than this one (the cursor).
+    pub before: Option<Position>,
     pub limit: i64,
 }
 
+/// Newest first by (`created_at`, `seq`), the order of `ledger_wallet_idx` and
+/// `ledger_wallet_kind_idx`, so a page or a window reads its own entries and no others.
 fn page_query<'a>(head: &str, f: &'a PageFilter) -> QueryBuilder<'a, Postgres> {
     let mut q = QueryBuilder::new(head);
     q.push(format_args!(
@@ -116,24 +142,31 @@ fn page_query<'a>(head: &str, f: &'a PageFilter) -> QueryBuilder<'a, Postgres> {
     }
     f.window.push_predicates(&mut q, "created_at");
     if let Some(before) = f.before {
-        q.push(" AND seq < ").push_bind(before);
+        q.push(" AND (created_at, seq) < (")
+            .push_bind(before.created_at)
+            .push(", ")
+            .push_bind(before.seq)
+            .push(")");
     }
-    q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+    q.push(" ORDER BY created_at DESC, seq DESC LIMIT ")
+        .push_bind(f.limit);
     q
 }
 
-/// A page of a wallet's entries, newest first. Keyset pagination on the sequence number,
-/// so entries written while a client pages never shift later pages.
+/// A page of a wallet's entries, newest first. Keyset pagination on (`created_at`, `seq`):
+/// a wallet's entries are stamped in the order they commit, so entries written while a
+/// client pages land before its first page and never shift later ones.
 pub async fn page(conn: &mut PgConnection, f: &PageFilter) -> Result<Vec<Entry>, sqlx::Error> {
     page_query("", f).build_query_as().fetch_all(conn).await
 }
 
-/// The plan PostgreSQL picks for [`page`] (`EXPLAIN (FORMAT JSON)`).
+/// The plan PostgreSQL runs for [`page`] (`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`: the
+/// read is made), with the rows and pages each step read.
 pub async fn explain_page(
     conn: &mut PgConnection,
     f: &PageFilter,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let (plan,) = page_query("EXPLAIN (FORMAT JSON)", f)
+    let (plan,) = page_query("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)", f)
         .build_query_as::<(serde_json::Value,)>()
         .fetch_one(conn)
         .await?;

@@ -112,19 +112,21 @@ pub async fn totals(
     })
 }
 
-/// The plan PostgreSQL picks for [`totals`] (`EXPLAIN (FORMAT JSON)`).
+/// The plan PostgreSQL runs for [`totals`] (`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`: the
+/// read is made), with the rows and pages each step read.
 pub async fn explain_totals(
     conn: &mut PgConnection,
     wallet_id: WalletId,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let (plan,): (serde_json::Value,) =
-        sqlx::query_as(&format!("EXPLAIN (FORMAT JSON) {SUMMARY_SQL}"))
-            .bind(wallet_id.0)
-            .bind(from)
-            .bind(to)
-            .fetch_one(conn)
-            .await?;
+    let (plan,): (serde_json::Value,) = sqlx::query_as(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {SUMMARY_SQL}"
+    ))
+    .bind(wallet_id.0)
+    .bind(from)
+    .bind(to)
+    .fetch_one(conn)
+    .await?;
     Ok(plan)
 }

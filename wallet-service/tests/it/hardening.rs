@@ -477,6 +477,99 @@ async fn a_database_url_with_a_dead_host_first_connects_to_the_primary(pool: PgP
     service_pool.close().await;
 }
 
+/// An upgrade applied to a database in use: the service's pool allows a statement
+/// `DB_STATEMENT_TIMEOUT_MS` (here 5 ms) and a lock wait three fifths of that, but an index
+/// built concurrently waits for every write in flight on its table, however long. Under the
+/// service's timeouts that build was cancelled (seen on a two-million-entry ledger under
+/// load) and left an invalid index. Here the database is put back as it was before the
+/// ledger's indexes by time, a ledger write is held open, and the migrations are applied
+/// through the service's pool: the build waits for the write, every migration applies,
+/// every index is valid, and the pool's connections keep the service's timeout.
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn an_upgrade_waits_for_the_writes_in_flight_instead_of_failing(pool: PgPool) {
+    sqlx::raw_sql(
+        "CREATE INDEX ledger_wallet_idx ON ledger_entries (wallet_id, seq DESC);
+         CREATE INDEX ledger_wallet_kind_idx ON ledger_entries (wallet_id, kind, seq DESC);
+         DROP INDEX ledger_wallet_time_idx;
+         DROP INDEX ledger_wallet_kind_time_idx;
+         ALTER TABLE ledger_entries ALTER COLUMN created_at SET DEFAULT now();
+         DELETE FROM _sqlx_migrations WHERE version >= 20261209000001;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let wallet = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO wallets (id, owner_id, currency, available, held)
+         VALUES ($1, 'alice', 'EUR', 100, 0)",
+    )
+    .bind(wallet)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO ledger_entries (id, wallet_id, kind, amount, available_after, held_after)
+         VALUES (gen_random_uuid(), $1, 'deposit', 100, 100, 0)",
+    )
+    .bind(wallet)
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+
+    let cfg = DbConfig {
+        database_url: String::new(),
+        db_max_connections: 2,
+        db_acquire_timeout: Duration::from_secs(3),
+        db_statement_timeout: Duration::from_millis(5),
+    };
+    let service_pool = wallet_service::app::pool_with(&cfg, (*pool.connect_options()).clone());
+    let migrating = tokio::spawn({
+        let service_pool = service_pool.clone();
+        async move { wallet_service::migrate(&service_pool).await }
+    });
+    eventually(
+        "the index build waiting for the write, or the migrations ending",
+        Duration::from_secs(30),
+        || async {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                 WHERE query LIKE '%CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (waiting || migrating.is_finished()).then_some(())
+        },
+    )
+    .await;
+    writer.commit().await.unwrap();
+    migrating
+        .await
+        .unwrap()
+        .expect("the migrations apply once the write has committed");
+
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, wallet_service::MIGRATOR.iter().count());
+    let invalid: Vec<String> =
+        sqlx::query_scalar("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(invalid.is_empty(), "invalid indexes: {invalid:?}");
+    for _ in 0..2 {
+        let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(&service_pool)
+            .await
+            .unwrap();
+        assert_eq!(timeout, "5ms");
+    }
+    service_pool.close().await;
+}
+
 /// An `AMQP_URL` listing a node that is down before the real one: the connection goes to the
 /// node that accepts it.
 #[tokio::test]

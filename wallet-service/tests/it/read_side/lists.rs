@@ -283,6 +283,133 @@ fn rows_read_from(plan: &Value, table: &str) -> u64 {
         .sum()
 }
 
+/// A window of a wallet's ledger, the summary's or the transactions list's, reads the
+/// entries in the window and not the wallet's history: 20,000 deposits from two days ago
+/// and 30 in the last minute, read by the last minute, by a minute a day ago, and a second
+/// page through a cursor.
+#[sqlx::test(migrator = "wallet_service::MIGRATOR")]
+async fn a_window_of_the_ledger_reads_its_entries_not_the_history(pool: PgPool) {
+    let wallet = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO wallets (id, owner_id, currency, available, held)
+         VALUES ($1, 'alice', 'EUR', 20030, 0)",
+    )
+    .bind(wallet)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Oldest first, as a live wallet's entries are written: one every 6 s for 33 hours from
+    // two days ago, then one a second in the last minute.
+    let now = Utc::now();
+    sqlx::query(
+        "INSERT INTO ledger_entries (id, wallet_id, kind, amount, available_after, held_after, created_at)
+         SELECT gen_random_uuid(), $1, 'deposit', 1, n, 0, t
+         FROM (
+             SELECT g AS n, $2 - interval '2 days' + make_interval(secs => g * 6) AS t
+             FROM generate_series(1, 20000) g
+             UNION ALL
+             SELECT 20000 + g, $2 - make_interval(secs => 31 - g) FROM generate_series(1, 30) g
+         ) e ORDER BY n",
+    )
+    .bind(wallet)
+    .bind(now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE ledger_entries")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let wallet = shared::ids::WalletId(wallet);
+    let last_minute = Window {
+        from: Some(now - chrono::Duration::seconds(60)),
+        to: Some(now + chrono::Duration::seconds(1)),
+    };
+    let a_day_ago = now - chrono::Duration::days(1);
+    let minute_a_day_ago = Window {
+        from: Some(a_day_ago - chrono::Duration::seconds(60)),
+        to: Some(a_day_ago),
+    };
+
+    // Rows and pages of one plan; an index's upper levels take a few pages.
+    let bounded = |what: &str, plan: &Value, rows: u64| {
+        let read = rows_read_from(plan, "ledger_entries");
+        assert!(read <= rows, "{what} read {read} entries: {plan:#}");
+        let root = &plan[0]["Plan"];
+        let pages = root["Shared Hit Blocks"].as_u64().unwrap()
+            + root["Shared Read Blocks"].as_u64().unwrap();
+        assert!(pages <= 12, "{what} read {pages} pages: {plan:#}");
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    for (what, window, entries) in [
+        ("the last minute", last_minute, 30),
+        ("a minute a day ago", minute_a_day_ago, 10),
+    ] {
+        let (from, to) = (window.from.unwrap(), window.to.unwrap());
+        let totals = wallet_service::store::summary::totals(&mut conn, wallet, from, to)
+            .await
+            .unwrap();
+        assert_eq!(totals.deposits.count, entries, "{what}");
+        let plan = wallet_service::store::summary::explain_totals(&mut conn, wallet, from, to)
+            .await
+            .unwrap();
+        bounded(&format!("the summary of {what}"), &plan, entries as u64);
+        for kind in [None, Some(EntryKind::Deposit)] {
+            let f = PageFilter {
+                wallet_id: wallet,
+                kind,
+                window,
+                before: None,
+                limit: 21,
+            };
+            let plan = wallet_service::store::ledger::explain_page(&mut conn, &f)
+                .await
+                .unwrap();
+            assert_eq!(
+                plan[0]["Plan"]["Actual Rows"].as_u64(),
+                Some(entries.min(21) as u64),
+                "{plan:#}"
+            );
+            bounded(&format!("a page of {what} ({kind:?})"), &plan, 21);
+        }
+    }
+
+    // The second page of the last minute, from the cursor of the first: the 9 older entries.
+    let first = PageFilter {
+        wallet_id: wallet,
+        kind: None,
+        window: last_minute,
+        before: None,
+        limit: 21,
+    };
+    let page = wallet_service::store::ledger::page(&mut conn, &first)
+        .await
+        .unwrap();
+    let last = page.last().unwrap();
+    let before = wallet_service::store::ledger::position(&mut conn, wallet, last.seq)
+        .await
+        .unwrap()
+        .expect("the entry's position");
+    let second = PageFilter {
+        before: Some(before),
+        ..first
+    };
+    let rest = wallet_service::store::ledger::page(&mut conn, &second)
+        .await
+        .unwrap();
+    let seqs =
+        |p: &[wallet_service::store::ledger::Entry]| p.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let all: Vec<i64> = seqs(&page).into_iter().chain(seqs(&rest)).collect();
+    let mut newest_first = all.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(all.len(), 30, "{all:?}");
+    assert_eq!(all, newest_first);
+    let plan = wallet_service::store::ledger::explain_page(&mut conn, &second)
+        .await
+        .unwrap();
+    bounded("the second page of the last minute", &plan, 21);
+}
+
 /// An operator's list by a status that is rare in the history reads its page, not every
 /// newer payment: three pending payments (flagged ones are the oldest pending) and three
 /// failed ones, two days old, under 20,000 succeeded payments of the last day. Also with the
