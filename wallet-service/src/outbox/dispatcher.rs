@@ -65,7 +65,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!(
         "outbox_backlog",
-        "Outbox events not yet published, by channel (payments, events, alerts)."
+        "Outbox events not yet published, by channel (payments, events, alerts), counted up to 100,000."
     );
     metrics::describe_gauge!(
         "outbox_oldest_unpublished_age_seconds",

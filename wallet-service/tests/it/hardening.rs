@@ -642,7 +642,7 @@ fn rows_read_from(plan: &serde_json::Value, table: &str) -> u64 {
 
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn the_event_relay_reads_one_batch_however_long_the_backlog(pool: PgPool) {
-    // A Kafka outage's backlog: 20,000 events and 2,000 alerts waiting, interleaved in seq
+    // A Kafka outage's backlog: 20,000 events and 2,500 alerts waiting, interleaved in seq
     // order, beside 5,000 payment requests waiting for RabbitMQ.
     sqlx::query(
         "INSERT INTO outbox (id, aggregate_id, event_type, payload, channel)
@@ -666,4 +666,23 @@ async fn the_event_relay_reads_one_batch_however_long_the_backlog(pool: PgPool) 
         read <= 2 * batch as u64,
         "a batch of {batch} read {read} waiting rows: {plan:#}"
     );
+
+    // The backlog gauge counts up to its cap (here 10,000: the 20,000 events stop there),
+    // and the oldest row's age is that of the first in line.
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '90 seconds' WHERE seq = (SELECT min(seq) FROM outbox WHERE channel = 'events')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let backlog = wallet_service::outbox::backlog(&pool, 10_000)
+        .await
+        .unwrap();
+    let mut counts: Vec<(&str, i64)> = backlog.iter().map(|(c, n, _)| (c.as_str(), *n)).collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [("alerts", 2_500), ("events", 10_000), ("payments", 5_000)]
+    );
+    let age = |channel: &str| backlog.iter().find(|b| b.0 == channel).unwrap().2;
+    assert!((90.0..150.0).contains(&age("events")), "{backlog:?}");
+    assert!(age("alerts") < 60.0, "{backlog:?}");
 }
