@@ -341,7 +341,9 @@ impl Processor {
                 }
                 Err((e, _)) => {
                     metrics::counter!("results_publish_failures_total").increment(1);
-                    tracing::warn!(
+                    // Every message in flight retries through a Kafka outage: one line
+                    // per period says so, with how many were held back.
+                    shared::warn_throttled!(
                         %payment_id,
                         error = %e,
                         attempt,
