@@ -262,7 +262,7 @@ pub(crate) async fn balances_sane(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
     let mismatched: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM wallets w
          JOIN LATERAL (SELECT available_after, held_after FROM ledger_entries
-                       WHERE wallet_id = w.id ORDER BY seq DESC LIMIT 1) last ON true
+                       WHERE wallet_id = w.id ORDER BY created_at DESC, seq DESC LIMIT 1) last ON true
          WHERE last.available_after <> w.available OR last.held_after <> w.held",
     )
     .fetch_one(pool)

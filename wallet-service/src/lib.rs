@@ -33,12 +33,37 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// (under the service's timeouts, it was cancelled and left an invalid index). Migrations that
 /// take exclusive locks set their own `lock_timeout`. The connection is closed afterwards, not
 /// handed back to the pool with those settings.
+///
+/// Instances starting together take turns on [`MIGRATION_LOCK`], asked for with
+/// `pg_try_advisory_lock` every 250 ms. sqlx's own lock is a blocking `pg_advisory_lock`,
+/// whose waiting statement holds a snapshot; a concurrent index build waits for every older
+/// snapshot, so the build and the waiter would wait for each other until PostgreSQL killed
+/// one, most likely the build (leaving an invalid index).
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     use sqlx::Executor;
     let mut conn = pool.acquire().await?;
     conn.execute("SET statement_timeout = 0; SET lock_timeout = 0")
         .await?;
-    let applied = MIGRATOR.run_direct(&mut *conn).await;
+    let applied = async {
+        let mut told = false;
+        while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .fetch_one(&mut *conn)
+            .await?
+        {
+            if !told {
+                tracing::info!("another instance is applying the migrations; waiting for it");
+                told = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        MIGRATOR.run_direct(&mut *conn).await
+    }
+    .await;
+    // Closing also releases the advisory lock, whatever happened.
     let _ = conn.close().await;
     applied
 }
+
+/// The advisory lock (per database) instances hold while they apply the migrations.
+pub const MIGRATION_LOCK: i64 = 0x7761_6c6c_6574_6d67; // "walletmg"

@@ -65,7 +65,10 @@ pub fn describe_metrics() {
     );
     metrics::describe_gauge!(
         "outbox_backlog",
-        "Outbox events not yet published, by channel (payments, events, alerts), counted up to 100,000."
+        format!(
+            "Outbox events not yet published, by channel (payments, events, alerts), counted up to {}.",
+            crate::housekeeping::BACKLOG_COUNTED_UP_TO
+        )
     );
     metrics::describe_gauge!(
         "outbox_oldest_unpublished_age_seconds",

@@ -129,8 +129,8 @@ pub struct PageFilter {
     pub limit: i64,
 }
 
-/// Newest first by (`created_at`, `seq`), the order of `ledger_wallet_idx` and
-/// `ledger_wallet_kind_idx`, so a page or a window reads its own entries and no others.
+/// Newest first by (`created_at`, `seq`), the order of `ledger_wallet_time_idx` and
+/// `ledger_wallet_kind_time_idx`, so a page or a window reads its own entries and no others.
 fn page_query<'a>(head: &str, f: &'a PageFilter) -> QueryBuilder<'a, Postgres> {
     let mut q = QueryBuilder::new(head);
     q.push(format_args!(

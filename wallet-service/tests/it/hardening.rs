@@ -477,16 +477,18 @@ async fn a_database_url_with_a_dead_host_first_connects_to_the_primary(pool: PgP
     service_pool.close().await;
 }
 
-/// An upgrade applied to a database in use: the service's pool allows a statement
-/// `DB_STATEMENT_TIMEOUT_MS` (here 5 ms) and a lock wait three fifths of that, but an index
-/// built concurrently waits for every write in flight on its table, however long. Under the
-/// service's timeouts that build was cancelled (seen on a two-million-entry ledger under
-/// load) and left an invalid index. Here the database is put back as it was before the
-/// ledger's indexes by time, a ledger write is held open, and the migrations are applied
-/// through the service's pool: the build waits for the write, every migration applies,
-/// every index is valid, and the pool's connections keep the service's timeout.
+/// An upgrade applied to a database in use, by two instances starting at once. The
+/// service's pool allows a statement `DB_STATEMENT_TIMEOUT_MS` (here 5 ms) and a lock wait
+/// three fifths of that, but an index built concurrently waits for every write in flight on
+/// its table, however long: under the service's timeouts that build was cancelled (seen on
+/// a two-million-entry ledger under load) and left an invalid index. It also waits for every
+/// older snapshot, such as that of a second instance blocked in sqlx's `pg_advisory_lock`,
+/// which waits for the first: a deadlock PostgreSQL ends by killing one of them. Here the
+/// database is put back as it was before the ledger's indexes by time, a ledger write is held
+/// open, and two pools with the service's settings apply the migrations: the build waits for
+/// the write, both succeed, every index is valid, and the pools keep the service's timeout.
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
-async fn an_upgrade_waits_for_the_writes_in_flight_instead_of_failing(pool: PgPool) {
+async fn an_upgrade_by_two_instances_waits_for_the_writes_in_flight(pool: PgPool) {
     sqlx::raw_sql(
         "CREATE INDEX ledger_wallet_idx ON ledger_entries (wallet_id, seq DESC);
          CREATE INDEX ledger_wallet_kind_idx ON ledger_entries (wallet_id, kind, seq DESC);
@@ -523,31 +525,38 @@ async fn an_upgrade_waits_for_the_writes_in_flight_instead_of_failing(pool: PgPo
         db_acquire_timeout: Duration::from_secs(3),
         db_statement_timeout: Duration::from_millis(5),
     };
-    let service_pool = wallet_service::app::pool_with(&cfg, (*pool.connect_options()).clone());
-    let migrating = tokio::spawn({
-        let service_pool = service_pool.clone();
-        async move { wallet_service::migrate(&service_pool).await }
-    });
+    let instances: Vec<_> = (0..2)
+        .map(|_| {
+            let service_pool =
+                wallet_service::app::pool_with(&cfg, (*pool.connect_options()).clone());
+            tokio::spawn(async move {
+                let applied = wallet_service::migrate(&service_pool).await;
+                (applied, service_pool)
+            })
+        })
+        .collect();
     eventually(
-        "the index build waiting for the write, or the migrations ending",
+        "an index build waiting for the write, or the migrations ending",
         Duration::from_secs(30),
         || async {
             let waiting: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
-                 WHERE query LIKE '%CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock')",
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index
+                                WHERE datname = current_database() AND phase LIKE 'waiting for%')",
             )
             .fetch_one(&pool)
             .await
             .unwrap();
-            (waiting || migrating.is_finished()).then_some(())
+            (waiting || instances.iter().all(|i| i.is_finished())).then_some(())
         },
     )
     .await;
     writer.commit().await.unwrap();
-    migrating
-        .await
-        .unwrap()
-        .expect("the migrations apply once the write has committed");
+    let mut pools = Vec::new();
+    for instance in instances {
+        let (applied, service_pool) = instance.await.unwrap();
+        applied.expect("the migrations apply once the write has committed");
+        pools.push(service_pool);
+    }
 
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&pool)
@@ -560,14 +569,16 @@ async fn an_upgrade_waits_for_the_writes_in_flight_instead_of_failing(pool: PgPo
             .await
             .unwrap();
     assert!(invalid.is_empty(), "invalid indexes: {invalid:?}");
-    for _ in 0..2 {
-        let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
-            .fetch_one(&service_pool)
-            .await
-            .unwrap();
-        assert_eq!(timeout, "5ms");
+    for service_pool in pools {
+        for _ in 0..2 {
+            let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+                .fetch_one(&service_pool)
+                .await
+                .unwrap();
+            assert_eq!(timeout, "5ms");
+        }
+        service_pool.close().await;
     }
-    service_pool.close().await;
 }
 
 /// An `AMQP_URL` listing a node that is down before the real one: the connection goes to the
