@@ -605,13 +605,19 @@ async fn refunds_are_remembered_across_a_restart() {
 #[tokio::test]
 async fn a_data_file_written_before_refunds_existed_still_loads() {
     let file = TempFile::new();
+    // A charge an hour old, well inside the retention: a fixed date would age past it and
+    // be forgotten by the gateway's first retention pass, racing the refund below.
+    let created_at = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     std::fs::write(
         &file.0,
-        concat!(
-            r#"{"id":"ch_old","idempotency_key":"pay-old","status":"succeeded","amount":500,"#,
-            r#""currency":"EUR","merchant_id":"shop","reference":null,"decline_code":null,"#,
-            r#""created_at":"2026-01-02T03:04:05Z"}"#,
-            "\n"
+        format!(
+            concat!(
+                r#"{{"id":"ch_old","idempotency_key":"pay-old","status":"succeeded","amount":500,"#,
+                r#""currency":"EUR","merchant_id":"shop","reference":null,"decline_code":null,"#,
+                r#""created_at":"{}"}}"#,
+                "\n"
+            ),
+            created_at
         ),
     )
     .unwrap();
