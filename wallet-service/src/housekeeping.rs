@@ -112,14 +112,9 @@ pub async fn prune(
     Ok(out)
 }
 
-/// The outbox backlog gauge counts this far and no further: past it, the age of the oldest
-/// row says how far behind a channel is, and counting on would cost the gauge as much as
-/// the outage's backlog.
-pub const BACKLOG_COUNTED_UP_TO: i64 = 100_000;
-
 /// Exports the outbox backlog and the size of each growing table.
 async fn export_gauges(pool: &PgPool) {
-    if let Ok(channels) = outbox::backlog(pool, BACKLOG_COUNTED_UP_TO).await {
+    if let Ok(channels) = outbox::backlog(pool, outbox::BACKLOG_COUNTED_UP_TO).await {
         for (channel, count, age) in channels {
             metrics::gauge!("outbox_backlog", "channel" => channel.clone()).set(count as f64);
             metrics::gauge!("outbox_oldest_unpublished_age_seconds", "channel" => channel).set(age);

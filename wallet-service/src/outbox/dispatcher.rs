@@ -67,7 +67,7 @@ pub fn describe_metrics() {
         "outbox_backlog",
         format!(
             "Outbox events not yet published, by channel (payments, events, alerts), counted up to {}.",
-            crate::housekeeping::BACKLOG_COUNTED_UP_TO
+            super::BACKLOG_COUNTED_UP_TO
         )
     );
     metrics::describe_gauge!(

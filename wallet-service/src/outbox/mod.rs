@@ -279,6 +279,10 @@ pub async fn enqueue_notification<F: Fact>(
     .await
 }
 
+/// How far the backlog gauge counts: past it, the age of the oldest row says how far behind
+/// a channel is, and counting on would cost the gauge as much as the outage's backlog.
+pub const BACKLOG_COUNTED_UP_TO: i64 = 100_000;
+
 /// Per channel: unpublished rows, counted up to `count_up_to`, and the age in seconds of the
 /// oldest one. Both read `outbox_unpublished_idx (channel, seq)`: the oldest is the first
 /// entry, and the count stops at its cap, so a broker outage's backlog of millions costs

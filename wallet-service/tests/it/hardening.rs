@@ -500,15 +500,7 @@ async fn an_upgrade_by_two_instances_waits_for_the_writes_in_flight(pool: PgPool
     .execute(&pool)
     .await
     .unwrap();
-    let wallet = uuid::Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO wallets (id, owner_id, currency, available, held)
-         VALUES ($1, 'alice', 'EUR', 100, 0)",
-    )
-    .bind(wallet)
-    .execute(&pool)
-    .await
-    .unwrap();
+    let wallet = insert_wallet(&pool, 100, 0).await;
     let mut writer = pool.begin().await.unwrap();
     sqlx::query(
         "INSERT INTO ledger_entries (id, wallet_id, kind, amount, available_after, held_after)

@@ -2,7 +2,8 @@
 //!
 //! This file holds the settings and the start and stop of a [`TestApp`]; `client` the
 //! requests the tests make through it, `idp` the identity provider it trusts, `wait` and
-//! `money` the polling and the money invariant, `pipeline` the pieces beyond the API.
+//! `money` the polling, the money invariant and wallets written straight to the table,
+//! `pipeline` the pieces beyond the API.
 
 use reqwest::Client;
 use sqlx::PgPool;
@@ -16,7 +17,7 @@ pub mod pipeline;
 mod wait;
 
 pub use idp::{admin_token, idp, spawn_idp, token, TestIdp};
-pub use money::assert_money_conserved;
+pub use money::{assert_money_conserved, insert_wallet};
 pub use wait::eventually;
 
 /// The secret of the tests that run the HS256 development mode.

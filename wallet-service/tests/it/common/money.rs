@@ -38,3 +38,20 @@ pub async fn assert_money_conserved(pool: &PgPool) {
         "refunds disagree with payments: {wrong:?}"
     );
 }
+
+/// A wallet of alice's in EUR with the balances given, written straight to the table: for
+/// tests that build a history in SQL rather than through the API.
+pub async fn insert_wallet(pool: &PgPool, available: i64, held: i64) -> uuid::Uuid {
+    let wallet = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO wallets (id, owner_id, currency, available, held)
+         VALUES ($1, 'alice', 'EUR', $2, $3)",
+    )
+    .bind(wallet)
+    .bind(available)
+    .bind(held)
+    .execute(pool)
+    .await
+    .unwrap();
+    wallet
+}

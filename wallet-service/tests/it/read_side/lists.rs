@@ -289,15 +289,7 @@ fn rows_read_from(plan: &Value, table: &str) -> u64 {
 /// page through a cursor.
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn a_window_of_the_ledger_reads_its_entries_not_the_history(pool: PgPool) {
-    let wallet = uuid::Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO wallets (id, owner_id, currency, available, held)
-         VALUES ($1, 'alice', 'EUR', 20030, 0)",
-    )
-    .bind(wallet)
-    .execute(&pool)
-    .await
-    .unwrap();
+    let wallet = insert_wallet(&pool, 20030, 0).await;
     // Oldest first, as a live wallet's entries are written: one every 6 s for 33 hours from
     // two days ago, then one a second in the last minute.
     let now = Utc::now();
@@ -417,15 +409,7 @@ async fn a_window_of_the_ledger_reads_its_entries_not_the_history(pool: PgPool) 
 /// a few times, which cannot use a partial index for a status passed as a parameter.
 #[sqlx::test(migrator = "wallet_service::MIGRATOR")]
 async fn a_list_by_a_rare_status_reads_its_page_not_the_history(pool: PgPool) {
-    let wallet = uuid::Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO wallets (id, owner_id, currency, available, held)
-         VALUES ($1, 'alice', 'EUR', 1000000, 300)",
-    )
-    .bind(wallet)
-    .execute(&pool)
-    .await
-    .unwrap();
+    let wallet = insert_wallet(&pool, 1000000, 300).await;
     sqlx::query(
         "INSERT INTO payments (id, wallet_id, owner_id, amount, currency, merchant_id, status,
                                failure_reason, created_at, finalized_at)
